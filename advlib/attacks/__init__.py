@@ -1,0 +1,7 @@
+"""The attacks of the three papers, one module per family; all functional,
+options keyword-only with the papers' defaults, all returning AttackResult."""
+
+from ._common import AttackResult
+from .deepfool import deepfool
+
+__all__ = ["AttackResult", "deepfool"]

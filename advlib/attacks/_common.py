@@ -1,0 +1,138 @@
+"""What every attack shares: input checks, the result type, and the guard that
+keeps the attacked model exactly as the caller handed it over."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+Box = tuple[float, float] | None
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns, per sample of the batch.
+
+    ``perturbation`` is always ``x_adv - x`` and ``success`` is judged on the
+    returned (clipped) ``x_adv``: a sample counts only if the model's label of
+    ``x_adv`` differs from ``label_orig`` (untargeted) or equals ``target``
+    (targeted). ``iterations`` counts the gradient steps a sample took.
+    """
+
+    x_adv: Tensor
+    perturbation: Tensor
+    success: Tensor  # bool [N]
+    iterations: Tensor  # long [N]
+    label_orig: Tensor  # the model's label of x, long [N]
+    label_adv: Tensor  # the model's label of x_adv, long [N]
+    target: Tensor | None = None  # long [N] for targeted attacks
+    trace: dict[str, Tensor] = field(default_factory=dict)  # per-iteration records, [steps, N]
+
+    @property
+    def success_rate(self) -> float:
+        return self.success.float().mean().item()
+
+    def norms(self, p: float = 2) -> Tensor:
+        """Per-sample Lp norm of the perturbation."""
+        return self.perturbation.flatten(1).norm(p=p, dim=1)
+
+
+def check_box(clip: Box) -> None:
+    if clip is None:
+        return
+    if len(clip) != 2 or not all(math.isfinite(v) for v in clip) or not clip[0] < clip[1]:
+        raise ValueError(f"clip must be None or (low, high) with finite low < high, got {clip!r}")
+
+
+def check_inputs(x: Tensor, clip: Box) -> None:
+    """Reject, with a message that names the problem, what would give a wrong number."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor (inputs in [0, 1]), got dtype {x.dtype}")
+    if x.dim() < 2:
+        raise ValueError(f"x must be a batch [N, ...] with at least 2 dimensions, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("x is an empty batch (N = 0)")
+    if not torch.isfinite(x).all():
+        raise ValueError("x contains NaN or inf")
+    check_box(clip)
+    if clip is not None:
+        lo, hi = clip
+        if x.min().item() < lo or x.max().item() > hi:
+            raise ValueError(
+                f"x lies outside clip={clip}: min {x.min().item():.4g}, max {x.max().item():.4g} "
+                "(scale the inputs to the box, or pass clip=None to attack without a box)"
+            )
+
+
+def check_labels(labels: Tensor, x: Tensor, num_classes: int, what: str = "labels") -> Tensor:
+    if not isinstance(labels, Tensor):
+        labels = torch.as_tensor(labels)
+    if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
+        raise TypeError(f"{what} must be an integer tensor, got dtype {labels.dtype}")
+    if labels.shape != (x.shape[0],):
+        raise ValueError(f"{what} must have shape [N] = [{x.shape[0]}] to match x, got {tuple(labels.shape)}")
+    if labels.numel() and (labels.min().item() < 0 or labels.max().item() >= num_classes):
+        raise ValueError(
+            f"{what} must lie in [0, {num_classes - 1}] for a model with {num_classes} classes, "
+            f"got values in [{labels.min().item()}, {labels.max().item()}]"
+        )
+    return labels.to(device=x.device, dtype=torch.long)
+
+
+def logits_of(model: nn.Module, x: Tensor) -> Tensor:
+    """The model's logits as [N, C], C >= 2.
+
+    A binary model with a single logit ``f`` is read as the two logits
+    ``(0, f)``: its label is ``f > 0``, cross-entropy on these logits is the
+    logistic loss, and DeepFool's multiclass step on them is exactly
+    Algorithm 1 of the paper. One code path serves both cases.
+    """
+    out = model(x)
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"the model must return logits of shape [N, classes] = [{x.shape[0]}, C], got {shape}")
+    if out.shape[1] == 1:
+        out = torch.cat([torch.zeros_like(out), out], dim=1)
+    return out
+
+
+def num_classes(model: nn.Module, x: Tensor) -> int:
+    with torch.no_grad():
+        return logits_of(model, x[:1]).shape[1]
+
+
+@contextlib.contextmanager
+def attacking(model: nn.Module) -> Iterator[nn.Module]:
+    """Evaluate ``model`` as deployed (eval mode, no parameter gradients) for
+    the duration of an attack, then restore every module's train flag and
+    every parameter's ``requires_grad`` exactly as they were.
+
+    Eval mode also keeps BatchNorm statistics from being updated by the
+    attack's forward passes, and switching parameter gradients off means the
+    backward passes compute input gradients only.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def project_box(x: Tensor, clip: Box) -> Tensor:
+    return x if clip is None else x.clamp(*clip)
