@@ -20,8 +20,10 @@ class AttackResult:
 
     ``perturbation`` is always ``x_adv - x`` and ``success`` is judged on the
     returned (clipped) ``x_adv``: a sample counts only if the model's label of
-    ``x_adv`` differs from ``label_orig`` (untargeted) or equals ``target``
-    (targeted). ``iterations`` counts the gradient steps a sample took.
+    ``x_adv`` equals ``target`` (targeted attacks), differs from the true label
+    the caller passed (untargeted attacks given labels: FGSM, IFGS), or
+    differs from ``label_orig`` (attacks that need no label: DeepFool).
+    ``iterations`` counts the gradient steps a sample took.
     """
 
     x_adv: Tensor

@@ -1,0 +1,178 @@
+"""DeepFool against the closed-form minimal perturbations of affine classifiers
+(REFERENCE.md section 1), then its behaviour on nonlinear models."""
+
+import math
+
+import pytest
+import torch
+
+from advlib import norms
+from advlib.attacks import deepfool
+
+P_VALUES = [2.0, math.inf, 1.0, 3.0, 1.5]
+
+
+def affine(weight: torch.Tensor, bias: torch.Tensor) -> torch.nn.Linear:
+    model = torch.nn.Linear(weight.shape[1], weight.shape[0]).double()
+    with torch.no_grad():
+        model.weight.copy_(weight)
+        model.bias.copy_(bias)
+    return model
+
+
+def exact_multiclass(weight, bias, x, p):
+    """Projection on the closest face of the polyhedron, in the Lp norm."""
+    f = x @ weight.T + bias
+    k0 = f.argmax(1)
+    q = norms.dual(p)
+    w = weight[None, :, :] - weight[k0][:, None, :]  # [N, C, d]
+    fk = (f - f.gather(1, k0[:, None])).abs()  # [N, C]
+    dist = fk / torch.linalg.vector_norm(w, ord=q, dim=2)
+    dist[torch.arange(len(x)), k0] = math.inf
+    d, l = dist.min(1)
+    return d[:, None] * norms.steepest(w[torch.arange(len(x)), l], p)
+
+
+@pytest.fixture
+def multiclass():
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(7, 30, generator=g, dtype=torch.float64)
+    bias = torch.randn(7, generator=g, dtype=torch.float64)
+    # Spread the points so the distances to the boundary are of order 1 and
+    # more: the authors' 1e-4 step margin is then below 1e-4 relative.
+    x = 8 * torch.randn(16, 30, generator=g, dtype=torch.float64)
+    return weight, bias, x
+
+
+@pytest.mark.parametrize("p", P_VALUES)
+def test_affine_multiclass_is_exact_in_one_iteration(multiclass, p):
+    weight, bias, x = multiclass
+    model = affine(weight, bias)
+    r_star = exact_multiclass(weight, bias, x, p)
+    # Without the stall margin: the closed form to machine precision.
+    res = deepfool(model, x, p=p, clip=None, candidates=7, step_margin=0.0)
+    assert res.success.all() and (res.iterations == 1).all()
+    torch.testing.assert_close(res.perturbation, 1.02 * r_star, rtol=1e-12, atol=1e-12)
+    # With the authors' defaults the step is longer by exactly their 1e-4
+    # margin (in the norm minimised): within 1e-4 relative wherever the
+    # minimal perturbation has norm >= 1.
+    res = deepfool(model, x, p=p, clip=None, candidates=7)
+    assert (res.iterations == 1).all()
+    excess = norms.lp_norm(res.perturbation - 1.02 * r_star, p)
+    torch.testing.assert_close(excess, torch.full_like(excess, 1.02e-4), rtol=1e-8, atol=0)
+    far = norms.lp_norm(r_star, p) >= 1
+    assert far.sum() >= 4
+    assert (excess[far] / norms.lp_norm(1.02 * r_star[far], p)).max() < 1e-4
+    assert (res.label_adv != res.label_orig).all()
+
+
+@pytest.mark.parametrize("p", P_VALUES)
+def test_affine_binary_single_logit_is_exact(p):
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(1, 12, generator=g, dtype=torch.float64)
+    b = torch.randn(1, generator=g, dtype=torch.float64)
+    x = 3 * torch.randn(10, 12, generator=g, dtype=torch.float64)
+    model = affine(w, b)
+    f = (x @ w.T + b).squeeze(1)
+    # r* = -f w / ||w||_2^2 for p = 2; in general |f| / ||w||_q along the
+    # steepest unit-Lp direction that moves f towards the other side.
+    direction = norms.steepest(-f.sign()[:, None] * w, p)
+    r_star = (f.abs() / torch.linalg.vector_norm(w, ord=norms.dual(p)))[:, None] * direction
+    if p == 2:
+        torch.testing.assert_close(r_star, -f[:, None] * w / (w**2).sum())
+    res = deepfool(model, x, p=p, clip=None, step_margin=0.0)
+    assert res.success.all() and (res.iterations == 1).all()
+    torch.testing.assert_close(res.perturbation, 1.02 * r_star, rtol=1e-12, atol=1e-12)
+    assert torch.equal(res.label_orig, (f > 0).long())
+    assert torch.equal(res.label_adv, (f <= 0).long())
+
+
+def test_overshoot_zero_lands_on_the_boundary():
+    g = torch.Generator().manual_seed(2)
+    w, b = torch.randn(1, 5, generator=g, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    res = deepfool(affine(w, b), x, clip=None, overshoot=0.0, step_margin=0.0, max_iter=1)
+    torch.testing.assert_close((res.x_adv @ w.T + b).squeeze(1), torch.zeros(4, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def small_net(seed=0, in_dim=20, classes=5):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(in_dim, 32), torch.nn.Tanh(), torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, classes)
+    )
+
+
+@pytest.mark.parametrize("p", [2.0, math.inf, 1.0])
+def test_nonlinear_in_box_flips_every_sample(p):
+    model = small_net()
+    x = torch.rand(64, 20, generator=torch.Generator().manual_seed(3))
+    res = deepfool(model, x, p=p)
+    assert res.success.all()
+    assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+    torch.testing.assert_close(res.perturbation, res.x_adv - x)
+    with torch.no_grad():
+        assert torch.equal(model(res.x_adv).argmax(1), res.label_adv)
+    assert (res.label_adv != res.label_orig).all()
+    assert res.iterations.float().mean() < 10
+
+
+def test_batch_composition_does_not_change_a_sample():
+    """Finished samples leave the batch: each sample's result must be the one
+    it gets when attacked alone."""
+    model = small_net(seed=4)
+    x = torch.rand(12, 20, generator=torch.Generator().manual_seed(5), dtype=torch.float32)
+    batch = deepfool(model, x)
+    for i in range(len(x)):
+        alone = deepfool(model, x[i : i + 1])
+        torch.testing.assert_close(alone.x_adv[0], batch.x_adv[i], rtol=1e-5, atol=1e-6)
+        assert alone.iterations[0] == batch.iterations[i]
+
+
+def test_not_flipped_within_max_iter_is_not_a_success():
+    g = torch.Generator().manual_seed(6)
+    w = torch.randn(3, 8, generator=g, dtype=torch.float64)
+    model = affine(w, torch.zeros(3, dtype=torch.float64))
+    x = torch.rand(6, 8, generator=g, dtype=torch.float64)
+    # overshoot 0 and no margin: the single step lands exactly on the boundary
+    # (a tie), which argmax may or may not break; with a shrunken step it never crosses.
+    res = deepfool(model, x, max_iter=1, overshoot=0.0, step_margin=0.0, clip=None)
+    assert res.iterations.max() <= 1
+    with torch.no_grad():
+        truth = model(res.x_adv).argmax(1) != res.label_orig
+    assert torch.equal(res.success, truth)
+
+
+def test_saturated_box_still_flips_with_l1():
+    """Pixels on the box must not absorb the whole L1 step (they cannot move)."""
+    model = small_net(seed=7)
+    x = (torch.rand(32, 20, generator=torch.Generator().manual_seed(8)) > 0.5).float()  # all on the box
+    res = deepfool(model, x, p=1.0)
+    assert res.success.all()
+    assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+
+
+def test_candidates_restricts_the_classes():
+    model = small_net(seed=9, classes=8)
+    x = torch.rand(40, 20, generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        top2 = model(x).topk(2, dim=1).indices
+    res = deepfool(model, x, candidates=2)
+    # With two candidates the first step heads for the runner-up class.
+    one = deepfool(model, x, candidates=2, max_iter=1)
+    assert torch.equal(one.label_adv[one.success], top2[one.success, 1])
+    assert res.success.float().mean() > 0.9
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"p": 0.5}, "p must"),
+        ({"overshoot": -0.1}, "overshoot"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"candidates": 1}, "candidates"),
+        ({"clip": (1.0, 0.0)}, "clip"),
+    ],
+)
+def test_bad_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        deepfool(small_net(), torch.rand(2, 20), **kwargs)
