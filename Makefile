@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test unit book bench clean
+.PHONY: install test unit book notebook html claims bench clean
 
 # torch is pinned to the CPU build (pyproject.toml): an unpinned torch would pull GBs of CUDA wheels.
 $(STAMP): pyproject.toml constraints.txt
@@ -20,7 +20,41 @@ install: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not claims" -q
 
-test: unit
+# The book's executor is scripts/build_book.py (papermill, then jupyter-book
+# with execute_notebooks off); see book/reproduce.md.
+PRESET ?= quick
+NB     ?=
+PARAMS ?=
+
+# Every notebook of _toc.yml with the preset's parameters, then the HTML, checked
+# for error output. Re-runnable: each run re-executes everything from scratch.
+book: $(STAMP)
+	@start=$$(date +%s); \
+	$(BIN)/python scripts/build_book.py build --preset $(PRESET) || exit $$?; \
+	echo "make book: $$(( $$(date +%s) - start )) s wall time (preset $(PRESET), install excluded)"
+
+# One notebook with any parameters, e.g.
+#   make notebook NB=deepfool_geometry PARAMS="-p seed 1 -p epochs 500"
+notebook: $(STAMP)
+	@test -n "$(NB)" || { echo "usage: make notebook NB=<stem of notebooks/<stem>.md> [PARAMS=\"-p name value ...\"] [PRESET=quick]"; exit 2; }
+	$(BIN)/python scripts/build_book.py run $(NB) --preset $(PRESET) $(PARAMS)
+
+# The HTML from book/executed as it stands (after `make notebook`).
+html: $(STAMP)
+	$(BIN)/python scripts/build_book.py html
+
+# The papers' claims, checked on the results the last `make book` saved in
+# book/executed/*.json. pytest exits 5 when no claims test is collected yet.
+claims: $(STAMP)
+	$(BIN)/python -m pytest -m claims -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make claims: no claims tests collected"; exit 0; fi; exit $$rc
+
+# What CI runs (.ci/run): the unit tests, the book with the quick preset, then
+# the claims on the numbers that build saved. In this order: claims read the book's output.
+test: $(STAMP)
+	$(MAKE) unit
+	$(MAKE) book PRESET=quick
+	$(MAKE) claims
 
 clean:
 	rm -rf _build book/executed

@@ -221,7 +221,7 @@ class Run:
         entry.update({k: desc.get(k) for k in _DATASET_KEYS})
         entry.update({k: v for k, v in desc.items() if k not in entry})
         entry["stands_in_for"] = stands_in_for
-        entry["note"] = f"stand-in for {stands_in_for}" if stands_in_for else "as in the paper"
+        entry["note"] = f"stand-in for {stands_in_for}" if stands_in_for else "not a stand-in"
         entry = to_jsonable(entry, f"data[{role!r}]")
         self.datasets.append(entry)
         return entry

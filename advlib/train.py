@@ -15,12 +15,13 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import re
 import tempfile
 import time
 from dataclasses import KW_ONLY, asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -136,6 +137,7 @@ def fit(
     seed: int,
     progress: bool = True,
     desc: str = "fit",
+    on_epoch: Callable[[int, nn.Module], Mapping[str, Any] | None] | None = None,
 ) -> list[dict]:
     """Train ``model`` in place on ``(x, y)`` with cross-entropy, mini-batch
     by mini-batch, reshuffled every epoch.
@@ -160,11 +162,17 @@ def fit(
         seed: seeds the shuffling and dropout.
         progress: show a tqdm bar over the steps.
         desc: the bar's label.
+        on_epoch: called as ``on_epoch(epoch, model)`` after each epoch, the
+            model in eval mode; a dict it returns is merged into that epoch's
+            history. One ``fit`` call with a callback - e.g. measuring
+            rho_adv after each extra epoch of fine-tuning (DeepFool Fig. 6) -
+            keeps the optimiser's momentum and the shuffling running, where
+            calling ``fit(epochs=1)`` repeatedly would restart both.
 
     Returns:
         One dict per epoch: ``epoch`` (1-based), ``loss`` (mean cross-entropy
         over the epoch's samples, as the weights moved) and ``train_accuracy``
-        (on the same running predictions).
+        (on the same running predictions), plus what ``on_epoch`` returned.
 
     Example:
         >>> history = fit(model, x, y, epochs=2, lr=0.01, seed=0)
@@ -214,7 +222,11 @@ def fit(
                 loss_sum += loss.item() * len(idx)
                 correct += (logits.argmax(1) == yb).sum().item()
                 bar.update(1)
-            history.append({"epoch": epoch, "loss": loss_sum / n, "train_accuracy": correct / n})
+            record = {"epoch": epoch, "loss": loss_sum / n, "train_accuracy": correct / n}
+            if on_epoch is not None:
+                with _mode(model, False):
+                    record.update(on_epoch(epoch, model) or {})
+            history.append(record)
             bar.set_postfix(epoch=epoch, loss=f"{loss_sum / n:.4f}", acc=f"{correct / n:.4f}")
     return history
 
@@ -386,13 +398,22 @@ def _delete_hint(*paths: Path) -> str:
     return "delete " + " and ".join(str(p) for p in paths) + " to retrain"
 
 
+def _reason(e: Exception) -> str:
+    # torch's unpickling errors run to a page and suggest weights_only=False,
+    # which a cache must never need: say what failed, not that.
+    if isinstance(e, pickle.UnpicklingError):
+        return f"{type(e).__name__}: unreadable, or holds more than tensors (refused by weights_only=True)"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first[:300]}"
+
+
 def _load_cached(config: TrainConfig, pt: Path, js: Path) -> tuple[nn.Module, dict]:
     try:
         info = json.loads(js.read_text())
         stored_config = info["config"]
         in_shape, num_classes = tuple(info["in_shape"]), int(info["num_classes"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CacheError(f"cache file {js} cannot be read ({type(e).__name__}: {e}); {_delete_hint(js, pt)}") from e
+        raise CacheError(f"cache file {js} cannot be read; {_delete_hint(js, pt)} ({_reason(e)})") from e
     if stored_config != config.as_dict() or info.get("key") != config.key():
         raise CacheError(
             f"cache file {js} holds a different config than the one requested "
@@ -405,8 +426,8 @@ def _load_cached(config: TrainConfig, pt: Path, js: Path) -> tuple[nn.Module, di
         model.load_state_dict(state)
     except Exception as e:
         raise CacheError(
-            f"cache file {pt} cannot be loaded as the weights of {config.arch} "
-            f"({type(e).__name__}: {e}); {_delete_hint(pt, js)}"
+            f"cache file {pt} cannot be loaded as the weights of {config.arch} (damaged, or not "
+            f"a plain state_dict); {_delete_hint(pt, js)} ({_reason(e)})"
         ) from e
     return model.eval(), info
 

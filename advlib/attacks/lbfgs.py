@@ -9,6 +9,7 @@ import math
 import numpy as np
 import torch
 from scipy.optimize import Bounds, minimize
+from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -65,10 +66,13 @@ def _solve(model: nn.Module, x: Tensor, goal: Tensor, c: Tensor, targeted: bool,
     bounds = None if clip is None else Bounds(np.full(x64.size, clip[0]), np.full(x64.size, clip[1]))
     # ftol is relative to the whole batch's objective: make it small so that
     # one sample's remaining progress is not hidden by the others' sum.
-    res = minimize(
-        fun, x64, jac=True, method="L-BFGS-B", bounds=bounds,
-        options={"maxiter": max_iter, "ftol": 1e-12, "gtol": 1e-8},
-    )
+    # L-BFGS-B makes many small BLAS calls; OpenBLAS threads spinning on them
+    # made the attack 10x slower on a busy 2-core machine. One thread, here only.
+    with threadpool_limits(limits=1, user_api="blas"):
+        res = minimize(
+            fun, x64, jac=True, method="L-BFGS-B", bounds=bounds,
+            options={"maxiter": max_iter, "ftol": 1e-12, "gtol": 1e-8},
+        )
     z = torch.tensor(res.x, dtype=dtype, device=device).view(shape)
     return project_box(z, clip), int(res.nit)
 
@@ -82,8 +86,8 @@ def lbfgs(
     x: Tensor,
     *,
     target: Tensor | None = None,
-    c_init: float = 1e-2,
-    search_steps: int = 10,
+    c_init: float = 1.0,
+    search_steps: int = 12,
     max_iter: int = 100,
     clip: Box = (0.0, 1.0),
     progress: bool = False,
@@ -115,16 +119,29 @@ def lbfgs(
     dtype on ``x``'s device, and the distance term is computed in float64.
     Every minimisation starts from ``x``.
 
+    How close to the minimal perturbation it lands (affine models, where the
+    minimum is known; tests/test_attacks_optim.py): within 1% when the
+    logits are confident (gaps of several units), but CE's minimiser is not
+    the closest boundary point: with soft logits (gaps below one unit) the
+    softmax weighs in other classes' gradients and the perturbation came out
+    5-18% above the minimum. And it is a local method: untargeted, on a
+    multiclass model, it heads for the face of the runner-up class, which
+    need not be the closest (up to 10% above on random affine models).
+
     Args:
         model: classifier returning logits ``[N, C]`` (``[N, 1]`` for a binary
             model). Evaluated in eval mode and handed back unchanged.
         x: inputs ``[N, ...]``, floating point, inside ``clip``.
         target: ``[N]`` class indices for a targeted attack, or ``None`` for an
             untargeted one (away from the model's label of ``x``).
-        c_init: the first ``c`` of every sample. The paper gives no value.
+        c_init: the first ``c`` of every sample. The paper gives no value;
+            the ``c`` found ranges from about 0.1 to 1000 over our models.
         search_steps: L-BFGS-B runs per sample (exponential phase + bisection).
-            The paper gives no value; after the bracket ``[c, 10c]`` is found,
-            ``k`` bisections pin ``c`` within a factor ``10^(2^-k)``.
+            The paper gives no value; once the bracket ``[c, 10c]`` is found,
+            ``k`` bisections pin ``c`` within a factor ``10^(2^-k)``: 12 runs
+            leave 8-9 bisections after 3-4 exponential ones, ``c`` within 1%,
+            which held the perturbation within 1% of the minimum on the
+            affine models of the tests (10 runs: up to 6% on a binary one).
         max_iter: L-BFGS-B iterations per run at most.
         clip: the box ``(low, high)`` (the paper's ``[0, 1]^n``), or ``None``
             for plain, unconstrained L-BFGS.
@@ -137,7 +154,7 @@ def lbfgs(
         ``iterations`` is the total number of L-BFGS-B iterations of the runs
         the sample took part in (each iteration costs one or a few batched
         function evaluations). ``trace["c"]`` ``[runs, N]`` is the ``c`` each
-        sample was run with (NaN once it has left), ``trace["success"]``
+        sample was run with (NaN for a sample that needed no run), ``trace["success"]``
         (1.0/0.0/NaN) whether that run's minimiser was adversarial.
 
     Example::
