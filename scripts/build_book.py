@@ -307,16 +307,20 @@ def needs_fashion_mnist(parameters: Iterable[Mapping[str, Any]]) -> bool:
     )
 
 
-def fashion_mnist_location(env: Mapping[str, str] | None = None, system_dir: Path = FASHION_SYSTEM_DIR) -> Path | None:
-    """Where Fashion-MNIST is on this machine: Debian's package, or
-    ``$ADVLIB_DATA/fashion-mnist`` with files in it; None if neither."""
+def fashion_mnist_location(
+    env: Mapping[str, str] | None = None,
+    system_dir: Path = FASHION_SYSTEM_DIR,
+    root: Path = ROOT,
+) -> Path | None:
+    """Where Fashion-MNIST is on this machine, looked for where advlib.data
+    looks: Debian's package, or ``$ADVLIB_DATA/fashion-mnist`` (``data/`` of
+    the root, where the notebooks run, when ADVLIB_DATA is unset) with files
+    in it; None if neither."""
     env = os.environ if env is None else env
-    if system_dir.is_dir() and any(p.is_file() for p in system_dir.iterdir()):
-        return system_dir
-    if env.get("ADVLIB_DATA"):
-        mine = Path(env["ADVLIB_DATA"]) / "fashion-mnist"
-        if mine.is_dir() and any(p.is_file() for p in mine.iterdir()):
-            return mine
+    mine = Path(env.get("ADVLIB_DATA") or root / "data") / "fashion-mnist"
+    for folder in (system_dir, mine):
+        if folder.is_dir() and any(p.is_file() for p in folder.iterdir()):
+            return folder
     return None
 
 
@@ -324,12 +328,13 @@ def ensure_fashion_mnist(
     *,
     env: Mapping[str, str] | None = None,
     system_dir: Path = FASHION_SYSTEM_DIR,
+    root: Path = ROOT,
     is_root: bool | None = None,
     run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
 ) -> Path:
     """Fashion-MNIST's folder; installs Debian's package when root, else stops
     with the commands that would."""
-    found = fashion_mnist_location(env, system_dir)
+    found = fashion_mnist_location(env, system_dir, root)
     if found:
         return found
     how = (
@@ -348,7 +353,7 @@ def ensure_fashion_mnist(
         run(["apt-get", "update"], env=apt_env)
         if run(install, env=apt_env).returncode != 0:
             raise BuildError(f"apt-get could not install {FASHION_PACKAGE}.\n{how}")
-    found = fashion_mnist_location(env, system_dir)
+    found = fashion_mnist_location(env, system_dir, root)
     if not found:
         raise BuildError(f"{FASHION_PACKAGE} installed, but {system_dir} has no files.\n{how}")
     return found
@@ -484,7 +489,7 @@ def run_notebook(
     """
     injected, effective = resolve_parameters(stem, preset, layout=layout, overrides=overrides, presets=presets)
     if check_data and needs_fashion_mnist([effective]):
-        ensure_fashion_mnist()
+        ensure_fashion_mnist(root=layout.root)
     final = layout.executed / f"{stem}.ipynb"
     results = layout.root / injected["results_json"]
     _remove(final, results)
@@ -604,7 +609,7 @@ def build(preset: str = DEFAULT_PRESET, *, layout: Layout = Layout(), strict: bo
     # Check every notebook's parameters before the first one runs for minutes.
     effective = [resolve_parameters(s, preset, layout=layout, presets=presets)[1] for s in stems]
     if needs_fashion_mnist(effective):
-        print(f"[book] Fashion-MNIST: {ensure_fashion_mnist()}")
+        print(f"[book] Fashion-MNIST: {ensure_fashion_mnist(root=layout.root)}")
     kernel = ensure_kernel()
     print(f"[book] kernel {kernel['name']} from {kernel['resource_dir']}")
     times = {}

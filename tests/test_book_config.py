@@ -213,16 +213,21 @@ def test_needs_fashion_mnist_finds_the_name_anywhere_in_the_parameters():
 
 
 def test_fashion_mnist_location_and_install(tmp_path):
-    system = tmp_path / "system"
-    assert bb.fashion_mnist_location({}, system) is None
+    system, root = tmp_path / "system", tmp_path / "repo"
+    assert bb.fashion_mnist_location({}, system, root) is None
     mine = tmp_path / "data" / "fashion-mnist"
     mine.mkdir(parents=True)
-    assert bb.fashion_mnist_location({"ADVLIB_DATA": str(tmp_path / "data")}, system) is None  # empty folder
+    env = {"ADVLIB_DATA": str(tmp_path / "data")}
+    assert bb.fashion_mnist_location(env, system, root) is None  # an empty folder does not count
     (mine / "train-images-idx3-ubyte.gz").write_bytes(b"x")
-    assert bb.fashion_mnist_location({"ADVLIB_DATA": str(tmp_path / "data")}, system) == mine
+    assert bb.fashion_mnist_location(env, system, root) == mine
+    # Without ADVLIB_DATA, advlib.data reads data/ where the notebooks run (the root).
+    (root / "data" / "fashion-mnist").mkdir(parents=True)
+    (root / "data" / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"x")
+    assert bb.fashion_mnist_location({}, system, root) == root / "data" / "fashion-mnist"
 
     with pytest.raises(bb.BuildError, match="apt-get install -y dataset-fashion-mnist"):
-        bb.ensure_fashion_mnist(env={}, system_dir=system, is_root=False)
+        bb.ensure_fashion_mnist(env={}, system_dir=system, root=tmp_path / "empty", is_root=False)
 
     calls = []
 
@@ -235,7 +240,7 @@ def test_fashion_mnist_location_and_install(tmp_path):
 
     if bb.shutil.which("apt-get") is None:
         pytest.skip("no apt-get here")
-    assert bb.ensure_fashion_mnist(env={}, system_dir=system, is_root=True, run=fake_apt) == system
+    assert bb.ensure_fashion_mnist(env={}, system_dir=system, root=tmp_path / "empty", is_root=True, run=fake_apt) == system
     assert calls[0][:2] == ["apt-get", "install"] and "dataset-fashion-mnist" in calls[0]
 
 

@@ -344,3 +344,12 @@ def test_lenet_on_mnist_sized_digits(tmp_path):
     assert info["in_shape"] == [1, 28, 28]
     # Chance is 10%; three epochs of LeNet get about 95%.
     assert info["test_accuracy"] > 0.85
+
+
+def test_mlp2d_on_circles(tmp_path):
+    config = TrainConfig("mlp2d", "circles", epochs=50, lr=0.1, batch_size=32)
+    model, info = train.trained(config, cache_dir=tmp_path, progress=False)
+    assert info["in_shape"] == [2] and info["num_classes"] == 2
+    # No line separates two concentric circles (a linear model scores about 50%):
+    # the hidden layer must bend the boundary round the inner one.
+    assert info["test_accuracy"] > 0.95
