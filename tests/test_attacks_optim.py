@@ -19,16 +19,6 @@ from advlib.attacks.jsma import _best_pair, jsma
 from advlib.attacks.lbfgs import lbfgs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models on a shared CPU: with several OpenMP threads competing for
-    # two cores, a 64x64 MLP trains 30x slower than with one.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # --- affine models whose minimal perturbation is known ---------------------
 
 

@@ -8,15 +8,6 @@ from advlib import detection
 from advlib.detection import GENUINE, OVERALL, DetectionSet, accuracy_by_source, detection_set, train_detector
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The CPU is shared with other jobs; one thread is faster than two fighting.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def images(n, value, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (value + 0.05 * torch.rand(n, 1, 8, 8, generator=g)).clamp(0, 1)

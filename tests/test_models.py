@@ -17,16 +17,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The CPU is shared with other jobs; two OpenMP threads fighting for it
-    # are several times slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_registry_names():
     assert list(models.ARCHITECTURES) == ["fc500-150-10", "lenet", "lenet-cifar", "nin-small", "mlp2d"]
 

@@ -15,16 +15,6 @@ from advlib.train import CacheError, TrainConfig
 FAST = TrainConfig("fc500-150-10", "digits", epochs=5, lr=0.05, batch_size=32, seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The CPU is shared with other jobs; two OpenMP threads fighting for it
-    # are several times slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def fast_cache(tmp_path_factory):
     """FAST trained once into a cache directory shared by the module (read-only)."""

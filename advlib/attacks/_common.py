@@ -138,3 +138,35 @@ def attacking(model: nn.Module) -> Iterator[nn.Module]:
 
 def project_box(x: Tensor, clip: Box) -> Tensor:
     return x if clip is None else x.clamp(*clip)
+
+
+@torch.no_grad()
+def judged(
+    model: nn.Module,
+    x: Tensor,
+    x_adv: Tensor,
+    *,
+    label_orig: Tensor,
+    iterations: Tensor,
+    target: Tensor | None = None,
+    label: Tensor | None = None,
+    trace: dict[str, Tensor] | None = None,
+) -> AttackResult:
+    """The result of an attack, its success judged by one more forward pass on
+    the ``x_adv`` returned: equal to ``target`` if given, else different from
+    the true ``label`` if given, else different from ``label_orig``."""
+    label_adv = logits_of(model, x_adv).argmax(dim=1)
+    if target is not None:
+        success = label_adv == target
+    else:
+        success = label_adv != (label if label is not None else label_orig)
+    return AttackResult(
+        x_adv=x_adv,
+        perturbation=x_adv - x,
+        success=success,
+        iterations=iterations,
+        label_orig=label_orig,
+        label_adv=label_adv,
+        target=target,
+        trace=trace if trace is not None else {},
+    )

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..losses import m_logit_loss, margin
-from ._common import AttackResult, Box, attacking, check_inputs, check_labels, logits_of, project_box
+from ._common import AttackResult, Box, attacking, check_inputs, check_labels, judged, logits_of, project_box
 
 # The authors' constants: atanh is taken of the input shrunk by this factor so
 # that pixels on the box edge map to a finite w; a c above this bound means
@@ -241,20 +241,8 @@ def cw_l2(
             bar.set_postfix(success=int(torch.isfinite(best_l2).sum()))
         bar.close()
 
-        x_adv = project_box(best, clip)
-        with torch.no_grad():
-            label_adv = logits_of(model, x_adv).argmax(dim=1)
-
-    success = label_adv == target if targeted else label_adv != label_orig
-    return AttackResult(
-        x_adv=x_adv,
-        perturbation=x_adv - x,
-        success=success,
-        iterations=iterations,
-        label_orig=label_orig,
-        label_adv=label_adv,
-        target=target,
-        trace={
-            "c": torch.stack(trace_c) if trace_c else torch.empty(0, n, dtype=torch.float64, device=device)
-        },
-    )
+        return judged(
+            model, x, project_box(best, clip), label_orig=label_orig, iterations=iterations,
+            target=target,
+            trace={"c": torch.stack(trace_c) if trace_c else torch.empty(0, n, dtype=torch.float64, device=device)},
+        )

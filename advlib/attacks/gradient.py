@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from .. import losses as _losses
 from .. import norms
-from ._common import AttackResult, Box, attacking, check_inputs, check_labels, logits_of, num_classes, project_box
+from ._common import AttackResult, Box, attacking, check_inputs, check_labels, judged, logits_of, num_classes, project_box
 
 
 def _goal(pred: Tensor, label: Tensor, targeted: bool) -> Tensor:
@@ -71,7 +71,10 @@ def fgsm(
         y = check_labels(y, x, num_classes(model, x), "targets" if targeted else "labels")
         logits, grad = _loss_gradient(model, x, y, loss, targeted)
         x_adv = project_box(x - eps * norms.steepest(grad, p), clip).detach()
-        return _result(model, x, x_adv, logits.argmax(1), y, targeted, torch.ones_like(y))
+        return judged(
+            model, x, x_adv, label_orig=logits.argmax(1), iterations=torch.ones_like(y),
+            target=y if targeted else None, label=None if targeted else y,
+        )
 
 
 def fgsm_min_eps(
@@ -261,17 +264,3 @@ def _record(records, i, idx, logits, orig, label, grad, delta) -> None:
     records["logit_label"][i, idx] = logits.gather(1, label[:, None]).squeeze(1)
     records["grad_norm"][i, idx] = norms.lp_norm(grad, 2)
     records["perturbation_norm"][i, idx] = norms.lp_norm(delta, 2)
-
-
-@torch.no_grad()
-def _result(model, x, x_adv, label_orig, y, targeted, iterations) -> AttackResult:
-    label_adv = logits_of(model, x_adv).argmax(1)
-    return AttackResult(
-        x_adv=x_adv,
-        perturbation=x_adv - x,
-        success=_goal(label_adv, y, targeted),
-        iterations=iterations,
-        label_orig=label_orig,
-        label_adv=label_adv,
-        target=y if targeted else None,
-    )

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ._common import AttackResult, Box, attacking, check_inputs, check_labels, logits_of
+from ._common import AttackResult, Box, attacking, check_inputs, check_labels, judged, logits_of
 
 
 def _check_options(theta: float, gamma: float, chunk: int) -> None:
@@ -174,16 +174,4 @@ def jsma(
             bar.update(1)
         bar.close()
 
-        x_adv = x_adv.view_as(x)
-        with torch.no_grad():
-            label_adv = logits_of(model, x_adv).argmax(dim=1)
-
-    return AttackResult(
-        x_adv=x_adv,
-        perturbation=x_adv - x,
-        success=label_adv == target,
-        iterations=iterations,
-        label_orig=label_orig,
-        label_adv=label_adv,
-        target=target,
-    )
+        return judged(model, x, x_adv.view_as(x), label_orig=label_orig, iterations=iterations, target=target)

@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ._common import AttackResult, Box, attacking, check_inputs, check_labels, logits_of, project_box
+from ._common import AttackResult, Box, attacking, check_inputs, check_labels, judged, logits_of, project_box
 
 # The exponential phase of the search on c multiplies or divides by this.
 _C_FACTOR = 10.0
@@ -222,18 +222,7 @@ def lbfgs(
             bar.set_postfix(success=int(torch.isfinite(best_norm).sum()))
         bar.close()
 
-        x_adv = project_box(best, clip)
-        with torch.no_grad():
-            label_adv = logits_of(model, x_adv).argmax(dim=1)
-
-    success = label_adv == target if targeted else label_adv != label_orig
-    return AttackResult(
-        x_adv=x_adv,
-        perturbation=x_adv - x,
-        success=success,
-        iterations=iterations,
-        label_orig=label_orig,
-        label_adv=label_adv,
-        target=target,
-        trace={"c": _stack(trace_c, n, device), "success": _stack(trace_ok, n, device)},
-    )
+        return judged(
+            model, x, project_box(best, clip), label_orig=label_orig, iterations=iterations, target=target,
+            trace={"c": _stack(trace_c, n, device), "success": _stack(trace_ok, n, device)},
+        )
