@@ -31,6 +31,7 @@ def deepfool(
     candidates: int = 10,
     clip: Box = (0.0, 1.0),
     step_margin: float = 1e-4,
+    skip_saturated: bool = True,
     progress: bool = False,
 ) -> AttackResult:
     """DeepFool: the smallest Lp perturbation that changes the model's label,
@@ -53,13 +54,20 @@ def deepfool(
         max_iter: steps at most; a sample still not flipped is ``success=False``.
         candidates: the ``K`` classes of highest original logit considered
             (the original label included), fixed from ``f(x)``.
-        clip: the input box ``(low, high)``, or ``None`` for no box. With a box,
-            the iterate is clipped, linearised where it is, and a coordinate
-            sitting on the box is left out of a step that would push it
-            further out: the linearised problem then solves for the pixels
-            that can still move instead of stalling on saturated ones.
+        clip: the input box ``(low, high)``, or ``None`` for no box (the
+            authors' code). With a box the iterate is clipped and linearised
+            where it is, and success is tested on that clipped point.
         step_margin: added to each step's Lp length (the authors' 1e-4) so an
             iterate does not stall exactly on the boundary.
+        skip_saturated: with a box, leave out of a step every coordinate that
+            sits on the box and that the step would push further out, so the
+            linearised problem is solved for the pixels that can still move.
+            On images with many saturated pixels (MNIST-like) this reaches
+            the boundary in about 2 iterations instead of about 5, at the
+            price of a slightly larger perturbation (a few percent: fewer,
+            longer linear steps overshoot the curved boundary more; see
+            ``benchmarks/``). ``False`` is the plain algorithm, whose clipped
+            steps creep up to the boundary.
         progress: show a tqdm bar over iterations.
 
     Returns:
@@ -107,7 +115,7 @@ def deepfool(
             # One forward pass served both the success test and the gradients;
             # samples that flipped now are dropped from the step (and from the
             # next forward pass).
-            step = _step(logits, xa, cand[active], p, clip, step_margin)
+            step = _step(logits, xa, cand[active], p, clip if skip_saturated else None, step_margin)
             keep = ~flipped
             idx = active[keep]
             r_tot[idx] += step[keep]
@@ -134,7 +142,8 @@ def deepfool(
 
 
 def _step(logits: Tensor, xa: Tensor, cand: Tensor, p: float, clip: Box, margin: float) -> Tensor:
-    """One DeepFool step ``r_i`` for each sample of ``xa`` [A, ...]."""
+    """One DeepFool step ``r_i`` for each sample of ``xa`` [A, ...]; coordinates
+    on the box ``clip`` (if given) that the step would push out are left out."""
     a, k = cand.shape
     rows = torch.arange(a, device=xa.device)
     # grad(f_k - f_k0) for the K-1 candidates, in one batched backward call.
