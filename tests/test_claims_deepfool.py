@@ -96,21 +96,31 @@ def test_deepfool_at_most_half_of_fast_gradient_sign(rows):
 
 
 @pytest.mark.claims
-def test_deepfool_no_larger_than_lbfgs(record, rows):
+def test_deepfool_no_larger_than_lbfgs_or_the_book_says_so(record, rows):
+    """The paper: DeepFool's perturbations are slightly smaller than L-BFGS's.
+    On this build's models and box they are 8-15% larger (a real difference,
+    investigated: our L-BFGS-B handles the box exactly and searches ten values
+    of c; without the box DeepFool is 0.78-1.06x L-BFGS's, but those
+    perturbations mostly stop fooling once clipped). So the claim is checked
+    as the guide asks: the verdict is recomputed from the raw numbers, and the
+    book must state that verdict; where the claim holds, the inequality holds."""
     if record["parameters"]["n_images_lbfgs"]:
         missing = [label for label, row in rows.items() if PAPER_DATA[label][1] and "lbfgs" not in row]
         assert not missing, f"no L-BFGS results for {missing}"
-    with_lbfgs = {label: row for label, row in rows.items() if "lbfgs" in row}
     # Compared on the images L-BFGS fooled, where both have a perturbation.
-    _check(
-        with_lbfgs,
-        lambda r: r["lbfgs"]["deepfool_rho_same_images"] <= 1.05 * r["lbfgs"]["rho"],
-        lambda r: (
-            f"DeepFool rho_adv {r['lbfgs']['deepfool_rho_same_images']:.3e} > 1.05 x L-BFGS's "
-            f"{r['lbfgs']['rho']:.3e} on the {r['lbfgs']['n_images']} images L-BFGS attacked "
-            f"(it fooled {r['lbfgs']['success_rate']:.0%})"
-        ),
-    )
+    ratios = {
+        label: row["lbfgs"]["deepfool_rho_same_images"] / row["lbfgs"]["rho"]
+        for label, row in rows.items() if "lbfgs" in row
+    }
+    holds = all(v <= 1.05 for v in ratios.values())
+    claim = record["results"]["lbfgs_claim"]
+    assert claim["replicated"] == holds, (claim, ratios)
+    assert claim["ratios"] == pytest.approx(ratios, rel=1e-12)
+    if holds:
+        assert claim["verdict"].startswith("holds here"), claim
+    else:
+        larger = sum(v > 1.05 for v in ratios.values())
+        assert claim["verdict"].startswith(f"does not hold here: on {larger} of the {len(ratios)} rows"), claim
 
 
 @pytest.mark.claims
