@@ -127,3 +127,18 @@ def test_fgsm_min_eps_is_the_smallest_reaching_the_fraction():
     assert res.success_rate >= 0.9
     below = fgsm(model, x, y, eps=eps * (1 - 2e-3))
     assert below.success_rate < 0.9
+
+
+def test_fgsm_min_eps_in_chunks_is_the_same():
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    x = torch.rand(100, 10)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    eps, res = fgsm_min_eps(model, x, y)
+    eps_c, res_c = fgsm_min_eps(model, x, y, batch_size=7)
+    assert eps == eps_c
+    assert torch.equal(res.x_adv, res_c.x_adv) and torch.equal(res.success, res_c.success)
+    # And it is what fgsm returns at that eps.
+    direct = fgsm(model, x, y, eps=eps)
+    assert torch.equal(direct.x_adv, res.x_adv) and torch.equal(direct.success, res.success)

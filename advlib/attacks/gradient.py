@@ -86,6 +86,7 @@ def fgsm_min_eps(
     p: float = math.inf,
     clip: Box = (0.0, 1.0),
     rtol: float = 1e-3,
+    batch_size: int | None = None,
 ) -> tuple[float, AttackResult]:
     """The DeepFool paper's protocol for fast gradient sign: the smallest
     ``eps`` for which at least ``fraction`` of the batch is misclassified.
@@ -97,8 +98,11 @@ def fgsm_min_eps(
     misclassification rate is not monotone in ``eps`` it is the smallest
     such value the bisection saw.
 
+    ``batch_size`` splits every pass into chunks (the whole test set of a
+    large model does not fit in memory at once); the result is the same.
+
     Returns:
-        ``(eps, result)`` with ``result = fgsm(..., eps=eps)``.
+        ``(eps, result)`` with ``result`` what ``fgsm(..., eps=eps)`` returns.
 
     Raises:
         ValueError: if ``fraction`` is not reached even when the step covers
@@ -107,33 +111,52 @@ def fgsm_min_eps(
     check_inputs(x, clip)
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be None or an integer >= 1, got {batch_size!r}")
+    size = batch_size or x.shape[0]
+    chunks = range(0, x.shape[0], size)
     with attacking(model):
         y = check_labels(y, x, num_classes(model, x))
-        logits, grad = _loss_gradient(model, x, y, _losses.ce, False)
-        direction = norms.steepest(grad, p)
+        parts = [_loss_gradient(model, x[i : i + size], y[i : i + size], _losses.ce, False) for i in chunks]
+        label_orig = torch.cat([logits.argmax(1) for logits, _ in parts])
+        direction = norms.steepest(torch.cat([grad for _, grad in parts]), p)
+        del parts
 
         @torch.no_grad()
-        def rate(eps: float) -> float:
-            pred = logits_of(model, project_box(x - eps * direction, clip)).argmax(1)
-            return (pred != y).float().mean().item()
+        def labels_at(eps: float) -> Tensor:
+            x_eps = project_box(x - eps * direction, clip)
+            return torch.cat([logits_of(model, x_eps[i : i + size]).argmax(1) for i in chunks])
 
-        if rate(0.0) >= fraction:
-            return 0.0, fgsm(model, x, y, eps=0.0, p=p, clip=clip)
+        def rate(eps: float) -> float:
+            return (labels_at(eps) != y).float().mean().item()
+
         # The largest useful step: one that can cross the whole box.
         span = (clip[1] - clip[0]) if clip is not None else 1e3
         limit = span * (x[0].numel() ** (1 / p) if p != math.inf else 1.0)
         lo, hi = 0.0, span / 256
-        while rate(hi) < fraction:
-            lo, hi = hi, 2 * hi
-            if lo > limit:
-                raise ValueError(
-                    f"fast gradient sign misclassifies less than {fraction:.0%} of the batch "
-                    f"even at eps = {lo:.3g}; the protocol's eps does not exist for this model"
-                )
-        while hi - lo > rtol * hi:
-            mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if rate(mid) >= fraction else (mid, hi)
-    return hi, fgsm(model, x, y, eps=hi, p=p, clip=clip)
+        if rate(0.0) >= fraction:
+            hi = 0.0
+        else:
+            while rate(hi) < fraction:
+                lo, hi = hi, 2 * hi
+                if lo > limit:
+                    raise ValueError(
+                        f"fast gradient sign misclassifies less than {fraction:.0%} of the batch "
+                        f"even at eps = {lo:.3g}; the protocol's eps does not exist for this model"
+                    )
+            while hi - lo > rtol * hi:
+                mid = (lo + hi) / 2
+                lo, hi = (lo, mid) if rate(mid) >= fraction else (mid, hi)
+        x_adv = project_box(x - hi * direction, clip).detach()
+        label_adv = labels_at(hi)
+    return hi, AttackResult(
+        x_adv=x_adv,
+        perturbation=x_adv - x,
+        success=label_adv != y,
+        iterations=torch.ones_like(y),
+        label_orig=label_orig,
+        label_adv=label_adv,
+    )
 
 
 def ifgs(
