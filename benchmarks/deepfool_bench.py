@@ -362,7 +362,7 @@ def bench_model(name: str, config: train.TrainConfig, test: data.Dataset, args) 
                 row["median_norm_vs_foolbox"] = row["median_norm"] / ref["median_norm"]
             print(
                 f"  {pname:4} {impl}: {row['images_per_second']:.1f} img/s, "
-                f"x{row.get('speedup_vs_foolbox', float('nan')):.2f} vs Foolbox, success {row['success_rate']:.1%}, "
+                f"x{_f(row.get('speedup_vs_foolbox'), '.2f')} vs Foolbox, success {row['success_rate']:.1%}, "
                 f"median norm {row['median_norm']:.4f}, mean iterations {_f(row['mean_iterations'], '.2f')}",
                 flush=True,
             )
@@ -411,7 +411,7 @@ def markdown(result: dict) -> str:
     lines = [
         "# DeepFool benchmark",
         "",
-        f"{prov['date']}; {prov['cpu']}, torch {prov['versions']['torch']} with {prov['threads']} threads; "
+        f"{prov['date']}; {prov['cpu']}, torch {prov['versions']['torch']} with {prov['threads']} thread{'s' * (prov['threads'] != 1)}; "
         f"load average {prov['loadavg_start']} at start, {prov['loadavg_end']} at end. "
         f"Data: {prov['data_source']}. {result['settings']['n']} test images per model "
         f"(the first correctly classified); overshoot {OVERSHOOT}, {CANDIDATES} candidates, "
