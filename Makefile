@@ -60,11 +60,13 @@ clean:
 	rm -rf _build book/executed
 
 # The DeepFool benchmark (benchmarks/README.md), never part of `make test`: installs
-# the pinned peers (Foolbox 3, ART, torchattacks) with --no-deps so torch stays the
-# CPU build, then times every implementation on the same images.
+# the pinned peers (Foolbox 3, ART, torchattacks) with --no-deps so torch stays the CPU
+# build, and Fashion-MNIST if missing (as `make book` does), then times every
+# implementation on the same images.
 # Extra options: make bench BENCH_ARGS="--repeats 5"
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt -r benchmarks/requirements.txt
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	$(BIN)/python scripts/build_book.py data
 	$(BIN)/python benchmarks/deepfool_bench.py $(BENCH_ARGS)

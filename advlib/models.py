@@ -6,9 +6,7 @@ There is no normalisation layer inside: the attacks measure perturbations in
 the same [0, 1] space the models read, as in the papers' Caffe models (whose
 MNIST input is scaled by 1/256).
 
-The models are plain ``nn.Sequential`` stacks with no in-place operations, so
-``torch.autograd.grad(..., is_grads_batched=True)`` (vmap over the backward,
-used by DeepFool to get every class gradient in one pass) works on them.
+The models are plain ``nn.Sequential`` stacks with no in-place operations.
 
 Caffe rounds pooling output sizes up where PyTorch rounds down; the Caffe
 models here use ``ceil_mode=True`` so their layer sizes are the originals'

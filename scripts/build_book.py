@@ -118,6 +118,14 @@ def parse_parameters_cell(src: str, where: str = "parameters cell") -> dict[str,
         tree = ast.parse(src)
     except SyntaxError as exc:
         raise BuildError(f"{where}: not valid Python: {exc}") from exc
+    for number, line in enumerate(src.splitlines(), 1):
+        if line.count("=") > 1:
+            # papermill's own reader skips such a line: its --help-notebook would not
+            # list the parameter, and setting it would warn "unknown parameter".
+            raise BuildError(
+                f"{where}, line {number}: more than one '=' on the line (papermill cannot read it); "
+                f"keep '=' out of the comment: {line.strip()!r}"
+            )
     params: dict[str, dict[str, Any]] = {}
     for stmt in tree.body:
         if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
@@ -646,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     p_params.add_argument("stem")
 
     sub.add_parser("html", help="build the HTML from book/executed as it is, and check it")
+    sub.add_parser("data", help="find Fashion-MNIST, installing Debian's package when root (as build does)")
 
     args = parser.parse_args(argv)
     layout = Layout()
@@ -671,6 +680,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "html":
             build_html(layout)
             check_html(layout)
+        elif args.command == "data":
+            print(f"[book] Fashion-MNIST: {ensure_fashion_mnist(root=layout.root)}")
     except BuildError as exc:
         print(f"\n[book] ERROR: {exc}", file=sys.stderr)
         return 1

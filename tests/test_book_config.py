@@ -180,6 +180,7 @@ def test_parse_parameters_cell_reads_types_defaults_and_help():
         ("import os", "only `name: type = literal"),
         ("a = 1\na = 2", "assigned twice"),
         ("a = (", "not valid Python"),
+        ('n: int = 0  # 0 = all', "more than one '='"),
     ],
 )
 def test_parse_parameters_cell_rejects_what_papermill_cannot_override(src, message):

@@ -3,8 +3,9 @@
 notebooks/deepfool_tables.md saves every row's numbers in book/executed/deepfool_tables.json.
 The claims are the paper's orderings, not its values (our networks are small, trained for a few
 epochs, often on stand-in data): on every row that ran, DeepFool's perturbations are at most half
-of fast gradient sign's and no larger than L-BFGS's (5% slack), found in fewer than 4 iterations
-on average, on every image; fast gradient sign fools the 90% its protocol asks for; and in the
+of fast gradient sign's and no larger than L-BFGS's (5% slack), found on every image, in fewer
+than 3 iterations on average without the box (the paper's setting; more with it, which the book
+says); fast gradient sign fools the 90% its protocol asks for; and in the
 L-inf norm (Table 2) DeepFool is smaller too. A failure here is a finding to explain in the
 book, not a threshold to move.
 """
@@ -125,11 +126,36 @@ def test_deepfool_no_larger_than_lbfgs_or_the_book_says_so(record, rows):
 
 @pytest.mark.claims
 def test_deepfool_converges_in_few_iterations(rows):
+    """The paper: fewer than 3 iterations, in its setting, without the box."""
     _check(
         rows,
-        lambda r: r["deepfool"]["mean_iterations"] < 4,
-        lambda r: f"DeepFool mean iterations {r['deepfool']['mean_iterations']:.2f} >= 4 "
-        f"(max {r['deepfool']['max_iterations']})",
+        lambda r: r["deepfool_nobox"]["mean_iterations"] < 3 and r["deepfool_nobox"]["success_rate"] == 1.0,
+        lambda r: f"DeepFool without the box: mean iterations {r['deepfool_nobox']['mean_iterations']:.2f} "
+        f"(max {r['deepfool_nobox']['max_iterations']}), fooling {100 * r['deepfool_nobox']['success_rate']:.1f}%",
+    )
+
+
+@pytest.mark.claims
+def test_the_box_is_what_costs_the_extra_iterations(rows):
+    """The book says so: inside the box DeepFool takes more iterations than without it."""
+    _check(
+        rows,
+        lambda r: r["deepfool"]["mean_iterations"] > r["deepfool_nobox"]["mean_iterations"],
+        lambda r: f"mean iterations {r['deepfool']['mean_iterations']:.2f} with the box, "
+        f"{r['deepfool_nobox']['mean_iterations']:.2f} without",
+    )
+
+
+@pytest.mark.claims
+def test_the_default_box_steps_fool_at_least_what_the_plain_ones_do(rows):
+    """The book's comparison of the box handling: advlib's steps never fool fewer images
+    than the plain clipped steps, and where the two return the same points they are one."""
+    _check(
+        rows,
+        lambda r: r["deepfool"]["success_rate"] >= r["deepfool_plain"]["success_rate"]
+        and (r["deepfool_plain"]["images_differing"] > 0 or r["deepfool_plain"]["rho"] == r["deepfool"]["rho"]),
+        lambda r: f"fooled {100 * r['deepfool']['success_rate']:.1f}% (plain steps "
+        f"{100 * r['deepfool_plain']['success_rate']:.1f}%), {r['deepfool_plain']['images_differing']} images differ",
     )
 
 

@@ -171,6 +171,10 @@ def test_candidates_restricts_the_classes():
         ({"max_iter": 0}, "max_iter"),
         ({"candidates": 1}, "candidates"),
         ({"clip": (1.0, 0.0)}, "clip"),
+        ({"min_progress": -0.1}, "min_progress"),
+        ({"min_progress": 1.5}, "min_progress"),
+        ({"refresh": 0}, "refresh"),
+        ({"refresh": True}, "refresh"),
     ],
 )
 def test_bad_options(kwargs, message):
@@ -178,17 +182,100 @@ def test_bad_options(kwargs, message):
         deepfool(small_net(), torch.rand(2, 20), **kwargs)
 
 
-def test_skipping_saturated_pixels_takes_fewer_iterations():
+def mostly_on_the_box(seed=12, n=64, d=20):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, d, generator=g) * (torch.rand(n, d, generator=g) > 0.6)  # 60% of pixels at 0
+
+
+def test_min_progress_keeps_the_box_from_stalling_the_steps():
     """On inputs that sit mostly on the box, the plain clipped steps creep up
-    to the boundary; leaving the saturated pixels out reaches it sooner."""
+    to the boundary and some never reach it in 50 steps; steps that must close
+    half of the linearised gap reach it, and no further from the input."""
     model = small_net(seed=11)
-    g = torch.Generator().manual_seed(12)
-    x = torch.rand(64, 20, generator=g) * (torch.rand(64, 20, generator=g) > 0.6)  # 60% of pixels at 0
-    plain = deepfool(model, x, skip_saturated=False)
-    skip = deepfool(model, x)
-    assert skip.success.all()  # the plain steps even stall on a few samples here
-    assert skip.iterations.float().mean() < 0.5 * plain.iterations.float().mean()
-    # Without a box there is nothing to skip: the two are the same algorithm.
-    a = deepfool(model, x, clip=None, skip_saturated=False)
-    b = deepfool(model, x, clip=None)
-    assert torch.equal(a.x_adv, b.x_adv)
+    x = mostly_on_the_box()
+    plain = deepfool(model, x, min_progress=0.0)
+    guarded = deepfool(model, x)
+    assert not plain.success.all() and plain.iterations.max() == 50
+    assert guarded.success.all() and guarded.iterations.max() < 25
+    assert guarded.norms().median() <= 1.01 * plain.norms().median()
+    assert guarded.x_adv.min() >= 0 and guarded.x_adv.max() <= 1
+    # Solving every blocked step within the free pixels takes fewer, longer steps.
+    free = deepfool(model, x, min_progress=1.0)
+    assert free.success.all() and free.iterations.float().mean() < 0.5 * guarded.iterations.float().mean()
+
+
+def test_min_progress_changes_nothing_where_the_box_does_not_block():
+    model = small_net(seed=11)
+    x = mostly_on_the_box()
+    # Without a box there is nothing to block: the same algorithm.
+    assert torch.equal(deepfool(model, x, clip=None, min_progress=0.0).x_adv, deepfool(model, x, clip=None).x_adv)
+    # Inside the box, away from its faces, neither.
+    inner = 0.4 + 0.2 * torch.rand(32, 20, generator=torch.Generator().manual_seed(13))
+    assert torch.equal(deepfool(model, inner, min_progress=0.0).x_adv, deepfool(model, inner).x_adv)
+
+
+class CountingBackward(torch.autograd.Function):
+    """The identity, counting the backward passes that reach the input."""
+
+    calls = 0
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        CountingBackward.calls += 1
+        return g
+
+
+class Counted(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.forwards = 0
+
+    def forward(self, x):
+        self.forwards += 1
+        return self.net(CountingBackward.apply(x))
+
+
+@pytest.mark.parametrize("refresh", [None, 1, 2, 4])
+def test_passes_per_iteration(refresh):
+    """One forward pass per iteration; K - 1 backward passes at the first, then
+    ``refresh`` (all K - 1 for None), whatever the batch size."""
+    model = Counted(small_net(seed=14, classes=8))
+    x = mostly_on_the_box(seed=15, n=48)
+    CountingBackward.calls = 0
+    res = deepfool(model, x, candidates=6, refresh=refresh)
+    steps = int(res.iterations.max())
+    assert steps >= 3  # the test must see later iterations
+    assert model.forwards == steps + 1
+    later = 5 if refresh is None else min(refresh, 5)
+    assert CountingBackward.calls == 5 + later * (steps - 1)
+
+
+def test_refresh_is_exact_on_affine_models():
+    """With constant gradients the last computed norms are the current ones, so
+    refreshing one candidate picks the same face as refreshing all of them;
+    the box makes the steps creep, so there are later iterations to compare."""
+    g = torch.Generator().manual_seed(16)
+    model = affine(torch.randn(6, 20, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64))
+    x = mostly_on_the_box(seed=17, n=40).double()
+    full = deepfool(model, x, refresh=None, min_progress=0.0)
+    assert full.iterations.max() >= 3
+    for refresh in (1, 2):
+        lazy = deepfool(model, x, refresh=refresh, min_progress=0.0)
+        assert torch.equal(lazy.x_adv, full.x_adv) and torch.equal(lazy.iterations, full.iterations)
+
+
+def test_refresh_agrees_with_algorithm_2_on_a_nonlinear_model():
+    model = small_net(seed=18, classes=8)
+    x = mostly_on_the_box(seed=19, n=128)
+    full = deepfool(model, x, refresh=None)
+    lazy = deepfool(model, x)
+    assert lazy.success.all() and full.success.all()
+    same = (lazy.x_adv - full.x_adv).flatten(1).abs().amax(1) < 1e-6
+    assert same.float().mean() >= 0.9
+    ratio = lazy.norms().median() / full.norms().median()
+    assert 0.97 < ratio < 1.03
