@@ -27,6 +27,8 @@ ATTACKS = {
     "lbfgs": lambda m, x, y: attacks.lbfgs(m, x, search_steps=2, max_iter=5),
     "lbfgs-targeted": lambda m, x, y: attacks.lbfgs(m, x, target=y, search_steps=2, max_iter=5),
     "cw_l2": lambda m, x, y: attacks.cw_l2(m, x, search_steps=2, steps=5),
+    "cw_l2-best_of": lambda m, x, y: attacks.cw_l2(m, x, search_steps=2, steps=5, best_of=2),
+    "lbfgs-best_of": lambda m, x, y: attacks.lbfgs(m, x, search_steps=2, max_iter=5, best_of=2),
     "jsma": lambda m, x, y: attacks.jsma(m, x, y),
 }
 TAKES_LABELS = {"fgsm", "fgsm_min_eps", "ifgs", "ifgs-targeted", "lbfgs-targeted", "jsma"}

@@ -170,3 +170,41 @@ def judged(
         target=target,
         trace=trace if trace is not None else {},
     )
+
+
+def check_best_of(best_of: int | None, target: Tensor | None) -> None:
+    if best_of is None:
+        return
+    if target is not None:
+        raise ValueError("best_of is for untargeted attacks: pass target=None")
+    if isinstance(best_of, bool) or not isinstance(best_of, int) or best_of < 1:
+        raise ValueError(f"best_of must be None or an integer >= 1, got {best_of!r}")
+
+
+@torch.no_grad()
+def best_of_targets(targeted_attack, model: nn.Module, x: Tensor, best_of: int) -> AttackResult:
+    """An untargeted attack made of targeted ones: each of the ``best_of``
+    classes of highest logit after the model's label is a target, all in one
+    batch of ``best_of * N`` samples, and each sample keeps its smallest
+    successful L2 perturbation (Carlini & Wagner's "best case").
+
+    ``targeted_attack(x, target)`` runs the attack; ``iterations`` sums the
+    runs a sample took part in, and ``trace["target_norm"]`` ``[best_of, N]``
+    holds the L2 norm reached towards each target (inf where it failed)."""
+    with attacking(model):
+        logits0 = logits_of(model, x)
+    if best_of > logits0.shape[1] - 1:
+        raise ValueError(f"best_of must be at most classes - 1 = {logits0.shape[1] - 1}, got {best_of}")
+    label_orig = logits0.argmax(dim=1)
+    n = x.shape[0]
+    others = logits0.scatter(1, label_orig[:, None], float("-inf")).topk(best_of, dim=1).indices  # [N, m]
+    with torch.enable_grad():
+        res = targeted_attack(x.repeat(best_of, *([1] * (x.dim() - 1))), others.T.reshape(-1))
+    norm = torch.where(res.success, res.norms(), torch.full_like(res.norms(), math.inf)).view(best_of, n)
+    pick = norm.argmin(dim=0)
+    rows = pick * n + torch.arange(n, device=x.device)
+    with attacking(model):
+        return judged(
+            model, x, res.x_adv[rows], label_orig=label_orig,
+            iterations=res.iterations.view(best_of, n).sum(dim=0), trace={"target_norm": norm},
+        )
