@@ -48,7 +48,8 @@ def lp_norm(v: Tensor, p: float) -> Tensor:
     return norm(v.flatten(1), p, dim=1)
 
 
-def _per_sample(s: Tensor, like: Tensor) -> Tensor:
+def per_sample(s: Tensor, like: Tensor) -> Tensor:
+    """A per-sample value ``s`` [N] shaped to broadcast against ``like`` [N, ...]."""
     return s.reshape(-1, *([1] * (like.dim() - 1)))
 
 
@@ -90,4 +91,4 @@ def project_ball(delta: Tensor, p: float, eps: float) -> Tensor:
         return delta.clamp(-eps, eps)
     n = lp_norm(delta, p)
     factor = (eps / n.clamp_min(torch.finfo(delta.dtype).tiny)).clamp(max=1.0)
-    return delta * _per_sample(factor, delta)
+    return delta * per_sample(factor, delta)

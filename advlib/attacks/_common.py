@@ -11,6 +11,8 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
+from ..norms import lp_norm
+
 Box = tuple[float, float] | None
 
 
@@ -41,7 +43,7 @@ class AttackResult:
 
     def norms(self, p: float = 2) -> Tensor:
         """Per-sample Lp norm of the perturbation."""
-        return self.perturbation.flatten(1).norm(p=p, dim=1)
+        return lp_norm(self.perturbation, p)
 
 
 def check_box(clip: Box) -> None:
@@ -200,7 +202,7 @@ def best_of_targets(targeted_attack, model: nn.Module, x: Tensor, best_of: int) 
     others = logits0.scatter(1, label_orig[:, None], float("-inf")).topk(best_of, dim=1).indices  # [N, m]
     with torch.enable_grad():
         res = targeted_attack(x.repeat(best_of, *([1] * (x.dim() - 1))), others.T.reshape(-1))
-    norm = torch.where(res.success, res.norms(), torch.full_like(res.norms(), math.inf)).view(best_of, n)
+    norm = res.norms().masked_fill(~res.success, math.inf).view(best_of, n)
     pick = norm.argmin(dim=0)
     rows = pick * n + torch.arange(n, device=x.device)
     with attacking(model):

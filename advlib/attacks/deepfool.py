@@ -169,10 +169,6 @@ def deepfool(
     )
 
 
-def _per_sample(v: Tensor, like: Tensor) -> Tensor:
-    return v.reshape(-1, *([1] * (like.dim() - 1)))
-
-
 def _step(
     logits: Tensor,
     xa: Tensor,
@@ -218,14 +214,14 @@ def _step(
     w_l = w[l, rows]
     u = norms.steepest(w_l, p)
     # A sample with no usable gradient (all candidates flat: w_l = u = 0) does not move.
-    step = _per_sample(torch.where(torch.isfinite(best), best + margin, 0.0), xa) * u
+    step = norms.per_sample(torch.where(torch.isfinite(best), best + margin, 0.0), xa) * u
     if clip is not None and min_progress > 0:
         # The clipped step gains <w', u> = ||w'||_q less what the pixels the box
         # blocks would have given.
-        x0 = xa.detach()
-        slow = (_blocked(w_l, u, x0, clip) > (1 - min_progress) * wn[rows, l]).nonzero().squeeze(1)
+        out = _outward(xa.detach(), clip)
+        slow = (_blocked(w_l, u, out) > (1 - min_progress) * wn[rows, l]).nonzero().squeeze(1)
         if len(slow):
-            step[slow] = _free_step(w[:, slow].transpose(0, 1), gap[slow], x0[slow], p, clip, margin, min_progress)
+            step[slow] = _free_step(w[:, slow].transpose(0, 1), gap[slow], out[slow], p, margin, min_progress)
     return step, cols, wn
 
 
@@ -234,25 +230,24 @@ def _outward(x0: Tensor, clip: tuple[float, float]) -> Tensor:
     return (x0 >= clip[1]).to(x0.dtype) - (x0 <= clip[0]).to(x0.dtype)
 
 
-def _blocked(w: Tensor, u: Tensor, x0: Tensor, clip: tuple[float, float]) -> Tensor:
+def _blocked(w: Tensor, u: Tensor, outward: Tensor) -> Tensor:
     """The part of ``<w, u>`` (``u`` a steepest direction of ``w``, so
     ``w_i u_i >= 0``) carried by the pixels that ``w`` pushes out of the box."""
-    return ((w * _outward(x0, clip)).clamp_min(0) * u.abs()).flatten(1).sum(1)
+    return ((w * outward).clamp_min(0) * u.abs()).flatten(1).sum(1)
 
 
-def _free_step(
-    w: Tensor, gap: Tensor, x0: Tensor, p: float, clip: tuple[float, float], margin: float, fraction: float
-) -> Tensor:
+def _free_step(w: Tensor, gap: Tensor, outward: Tensor, p: float, margin: float, fraction: float) -> Tensor:
     """The step solved within the pixels that can move, for samples whose
     clipped step the box cuts short: the nearest face by the distance within
     them, ``|f'_k| / ||w'_k,free||_q``, and a step that closes ``fraction`` of it.
 
-    ``w`` [S, J, ...] the candidates' gradients, ``gap`` [S, J] their ``|f'_k|``."""
-    free = w.masked_fill(w * _outward(x0, clip).unsqueeze(1) > 0, 0.0)
+    ``w`` [S, J, ...] the candidates' gradients, ``gap`` [S, J] their ``|f'_k|``,
+    ``outward`` [S, ...] from :func:`_outward`."""
+    free = w.masked_fill(w * outward.unsqueeze(1) > 0, 0.0)
     norm = norms.norm(free.flatten(2), norms.dual(p), dim=2)
     dist = torch.where(norm > 0, gap / norm, torch.full_like(norm, math.inf))
     reach, l = dist.min(dim=1)
     w_l = free[torch.arange(len(l), device=w.device), l]
-    step = _per_sample(fraction * (reach + margin), w_l) * norms.steepest(w_l, p)
+    step = norms.per_sample(fraction * (reach + margin), w_l) * norms.steepest(w_l, p)
     # Nothing can move (every pixel blocked for every face): no step.
-    return torch.where(_per_sample(torch.isfinite(reach), w_l), step, torch.zeros_like(step))
+    return torch.where(norms.per_sample(torch.isfinite(reach), w_l), step, torch.zeros_like(step))
