@@ -6,12 +6,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test unit book notebook html claims bench clean
+.PHONY: install test unit data book notebook html claims bench clean
 
 # torch is pinned to the CPU build (pyproject.toml): an unpinned torch would pull GBs of CUDA wheels.
-$(STAMP): pyproject.toml constraints.txt
+# The peers (Foolbox 3, ART, torchattacks) are compared with advlib inside the book
+# (the peers chapter): installed with --no-deps, so none of them can replace torch.
+$(STAMP): pyproject.toml constraints.txt benchmarks/requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[book,test]"
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt -r benchmarks/requirements.txt
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@
 
@@ -26,9 +29,16 @@ PRESET ?= quick
 NB     ?=
 PARAMS ?=
 
-# Every notebook of _toc.yml with the preset's parameters, then the HTML, checked
-# for error output. Re-runnable: each run re-executes everything from scratch.
-book: $(STAMP)
+# Every data set the preset's chapters load, as each advlib.experiments.<chapter>
+# names them: found, or Fashion-MNIST installed from Debian's package (as root),
+# or a stop that says where advlib.data looked and how to get it.
+data: $(STAMP)
+	$(BIN)/python scripts/build_book.py data --preset $(PRESET)
+
+# Every notebook of _toc.yml with the preset's parameters, then the HTML (Sphinx
+# warnings are errors), checked for error output. Re-runnable: each run
+# re-executes everything from scratch.
+book: data
 	@start=$$(date +%s); \
 	$(BIN)/python scripts/build_book.py build --preset $(PRESET) || exit $$?; \
 	echo "make book: $$(( $$(date +%s) - start )) s wall time (preset $(PRESET), install excluded)"
@@ -59,14 +69,11 @@ test: $(STAMP)
 clean:
 	rm -rf _build book/executed
 
-# The DeepFool benchmark (benchmarks/README.md), never part of `make test`: installs
-# the pinned peers (Foolbox 3, ART, torchattacks) with --no-deps so torch stays the CPU
-# build, and Fashion-MNIST if missing (as `make book` does), then times every
-# implementation on the same images.
+# The DeepFool benchmark (benchmarks/README.md), never part of `make test`: the peers
+# are installed with the rest (above); Fashion-MNIST is fetched if missing (as
+# `make book` does), then every implementation is timed on the same images.
 # Extra options: make bench BENCH_ARGS="--repeats 5"
 BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt -r benchmarks/requirements.txt
-	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
-	$(BIN)/python scripts/build_book.py data
+	$(BIN)/python scripts/build_book.py data --preset quick
 	$(BIN)/python benchmarks/deepfool_bench.py $(BENCH_ARGS)

@@ -124,6 +124,7 @@ class Dataset:
     source: str
     options: dict = field(default_factory=dict)
     derived_from: dict | None = None  # describe() of the set this one was made from
+    index: Tensor | None = None  # positions in the set it was made from (first_correct)
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -235,6 +236,48 @@ def as_rgb32(dataset: Dataset) -> Dataset:
         source=f"{dataset.source}; zero-padded to 32x32, grey copied to 3 channels",
         options=dict(dataset.options),
         derived_from=dataset.describe(),
+    )
+
+
+def first_correct(model, dataset: Dataset, n: int | None, *, batch_size: int = 1000) -> Dataset:
+    """The first ``n`` samples of ``dataset`` that ``model`` classifies
+    correctly (all of them for ``n=None`` or ``0``), in the order of the set:
+    the papers' "correctly classified test images". The result remembers their
+    positions (``index``) and, in ``describe()``, the set they came from and
+    how many of it were correct.
+
+    Raises ValueError if fewer than ``n`` are correct: a table computed on
+    fewer images than asked for would say so nowhere.
+
+    Example::
+
+        x = first_correct(model, load("digits", "test"), 40).x
+    """
+    from . import checks
+    from .train import predict  # train imports data: imported here
+
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"dataset must be an advlib.data.Dataset, got {type(dataset).__name__}")
+    n = checks.integer(n, "n", low=0, none=True) or None
+    correct = predict(model, dataset.x, batch_size) == dataset.y
+    idx = correct.nonzero().squeeze(1)
+    if n is not None:
+        if len(idx) < n:
+            raise ValueError(
+                f"asked for the first {n} correctly classified samples of {dataset.name} ({dataset.split}), "
+                f"but the model classifies only {len(idx)} of {len(dataset)} correctly"
+            )
+        idx = idx[:n]
+    return Dataset(
+        x=dataset.x[idx],
+        y=dataset.y[idx],
+        name=dataset.name,
+        split=dataset.split,
+        classes=dataset.classes,
+        source=dataset.source,
+        options={**dataset.options, "first_correct": n, "correct_of_set": int(correct.sum())},
+        derived_from=dataset.describe(),
+        index=idx,
     )
 
 

@@ -207,6 +207,23 @@ class Run:
             self.device = str(self.parameters.get("device", "cpu"))
         self.device = str(self.device)
 
+    @classmethod
+    def of_notebook(cls, notebook: str, namespace: Mapping[str, Any], *, source: str | os.PathLike | None = None) -> "Run":
+        """The run of ``notebook``, its parameters read from the notebook's own
+        parameters cell (``notebooks/<notebook>.md``, or ``source``) and their
+        values from ``namespace`` (the notebook passes ``globals()``): every
+        parameter the cell declares is recorded, and nothing else.
+
+        A declared parameter missing from ``namespace`` is an error: the
+        record would otherwise claim a value the run never had."""
+        from .parameters import read_parameters, source_of
+
+        declared = read_parameters(source if source is not None else source_of(notebook))
+        missing = [name for name in declared if name not in namespace]
+        if missing:
+            raise NameError(f"{notebook}: parameter(s) {', '.join(missing)} declared in its parameters cell are not defined")
+        return cls(notebook=notebook, parameters={name: namespace[name] for name in declared})
+
     def data(self, role: str, dataset: Any, stands_in_for: str | None = None) -> dict[str, Any]:
         """Record a data set the notebook used as ``role`` ("train", "test",
         ...). ``stands_in_for`` names the paper's data set it replaces

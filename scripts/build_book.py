@@ -28,33 +28,35 @@ notebook saves its provenance and results, beside the executed notebook).
 from __future__ import annotations
 
 import argparse
-import ast
 import html.parser
-import io
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # advlib of this checkout, installed or not
+from advlib.parameters import INJECTED, ParameterError, parse_parameters_cell, read_parameters  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL = "python3"
 DEFAULT_PRESET = "quick"
-# Parameters every notebook declares and this script always sets.
-INJECTED = ("preset", "results_json")
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_PACKAGE = "dataset-fashion-mnist"
 
 
 class BuildError(Exception):
     """The build cannot go on; the message says why and what to do."""
+
+
+# A parameters cell the build cannot override is a reason to stop, like any other.
+STOPS = (BuildError, ParameterError)
 
 
 class NotebookFailed(BuildError):
@@ -96,77 +98,6 @@ class Layout:
 
 
 # ---------------------------------------------------------------- parameters
-
-
-def _comment_after(src: str, line: int) -> str:
-    """The text of the ``#`` comment ending source line ``line`` (1-based), or ''."""
-    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
-        if tok.type == tokenize.COMMENT and tok.start[0] == line:
-            return tok.string.lstrip("#").strip()
-    return ""
-
-
-def parse_parameters_cell(src: str, where: str = "parameters cell") -> dict[str, dict[str, Any]]:
-    """``{name: {"type", "default", "help"}}`` of a parameters cell.
-
-    The cell may hold only assignments of literals to plain names, e.g.
-    ``seed: int = 0  # seeds the data and the initialisation``; anything else
-    is an error, because papermill injects values by re-assigning these names
-    and a computed default would be silently kept or silently lost.
-    """
-    try:
-        tree = ast.parse(src)
-    except SyntaxError as exc:
-        raise BuildError(f"{where}: not valid Python: {exc}") from exc
-    for number, line in enumerate(src.splitlines(), 1):
-        if line.count("=") > 1:
-            # papermill's own reader skips such a line: its --help-notebook would not
-            # list the parameter, and setting it would warn "unknown parameter".
-            raise BuildError(
-                f"{where}, line {number}: more than one '=' on the line (papermill cannot read it); "
-                f"keep '=' out of the comment: {line.strip()!r}"
-            )
-    params: dict[str, dict[str, Any]] = {}
-    for stmt in tree.body:
-        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
-            name, annotation, value = stmt.target.id, ast.unparse(stmt.annotation), stmt.value
-        elif isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-            name, annotation, value = stmt.targets[0].id, None, stmt.value
-        else:
-            raise BuildError(
-                f"{where}, line {stmt.lineno}: only `name: type = literal  # help` assignments belong "
-                f"in the parameters cell, got `{ast.unparse(stmt)}`"
-            )
-        try:
-            default = ast.literal_eval(value)
-        except ValueError as exc:
-            raise BuildError(
-                f"{where}, line {stmt.lineno}: the default of {name!r} must be a literal, got `{ast.unparse(value)}`"
-            ) from exc
-        if name in params:
-            raise BuildError(f"{where}: parameter {name!r} is assigned twice")
-        params[name] = {"type": annotation, "default": default, "help": _comment_after(src, stmt.end_lineno)}
-    return params
-
-
-def read_parameters(source: Path) -> dict[str, dict[str, Any]]:
-    """The parameters of a jupytext notebook: its one cell tagged ``parameters``."""
-    import jupytext
-
-    if not source.is_file():
-        raise BuildError(f"no notebook source {source}")
-    nb = jupytext.read(source)
-    cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
-    if len(cells) != 1:
-        raise BuildError(f"{source}: expected exactly one code cell tagged 'parameters', found {len(cells)}")
-    params = parse_parameters_cell(cells[0].source, f"{source.name}, parameters cell")
-    missing = [p for p in INJECTED if p not in params]
-    if missing:
-        raise BuildError(
-            f"{source.name}: the parameters cell must declare {', '.join(missing)} "
-            "(the build injects them: `preset: str = \"defaults\"`, `results_json: str = \"<stem>.json\"`)"
-        )
-    return params
 
 
 def parse_value(text: str) -> Any:
@@ -295,24 +226,30 @@ def toc_notebooks(toc: Path, layout: Layout | None = None) -> list[str]:
 # ---------------------------------------------------------------- data sets
 
 
-def _strings(value: Any) -> Iterable[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            yield from _strings(k)
-            yield from _strings(v)
-    elif isinstance(value, (list, tuple, set)):
-        for v in value:
-            yield from _strings(v)
+def needed_datasets(effective: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    """The data sets the notebooks ``{stem: parameters}`` will load, as each
+    chapter's ``advlib.experiments.<stem>.datasets(parameters)`` names them."""
+    from advlib import experiments
+
+    return set().union(*(experiments.datasets(stem, params) for stem, params in effective.items()))
 
 
-def needs_fashion_mnist(parameters: Iterable[Mapping[str, Any]]) -> bool:
-    """Whether any parameter value names Fashion-MNIST (a preset picks the
-    data set of each row by name: "fashion-mnist", "fashion_mnist", ...)."""
-    return any(
-        "fashionmnist" in "".join(ch for ch in s.lower() if ch.isalnum()) for p in parameters for s in _strings(p)
-    )
+def ensure_datasets(names: Iterable[str], *, root: Path = ROOT) -> dict[str, str]:
+    """``{name: where it was found}`` for every data set named; Fashion-MNIST is
+    installed from Debian's package when missing (as root). Any other missing
+    set stops the build with advlib.data's message, which says where it looked
+    and how to get it: nothing is substituted."""
+    from advlib import data
+
+    found = {}
+    for name in sorted(names):
+        if data.RGB32.get(name, name) == "fashion-mnist":
+            ensure_fashion_mnist(root=root)
+        try:
+            found[name] = data.load(name, "test", limit=1).source
+        except (data.DataNotFoundError, data.CorruptDataError) as exc:
+            raise BuildError(f"data set {name!r} is needed by this preset:\n{exc}") from exc
+    return found
 
 
 def fashion_mnist_location(
@@ -496,8 +433,8 @@ def run_notebook(
     numbers behind for the claims tests or the book.
     """
     injected, effective = resolve_parameters(stem, preset, layout=layout, overrides=overrides, presets=presets)
-    if check_data and needs_fashion_mnist([effective]):
-        ensure_fashion_mnist(root=layout.root)
+    if check_data:
+        provision({stem: effective}, layout)
     final = layout.executed / f"{stem}.ipynb"
     results = layout.root / injected["results_json"]
     _remove(final, results)
@@ -519,6 +456,17 @@ def run_notebook(
     return {"stem": stem, "seconds": seconds, "executed": final, "results": results, "record": record}
 
 
+def provision(effective: Mapping[str, Mapping[str, Any]], layout: Layout) -> None:
+    for name, source in ensure_datasets(needed_datasets(effective), root=layout.root).items():
+        print(f"[book] data {name}: {source}", flush=True)
+
+
+def preset_parameters(preset: str, layout: Layout) -> dict[str, dict[str, Any]]:
+    """``{stem: effective parameters}`` of every notebook of _toc.yml under ``preset``."""
+    presets = load_presets(layout.presets)
+    return {s: resolve_parameters(s, preset, layout=layout, presets=presets)[1] for s in toc_notebooks(layout.toc, layout)}
+
+
 def _fmt(params: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in params.items())
 
@@ -526,15 +474,15 @@ def _fmt(params: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------- HTML
 
 
-def build_html(layout: Layout = Layout(), *, strict: bool = False) -> Path:
+def build_html(layout: Layout = Layout()) -> Path:
     """``jupyter-book build`` of the whole book (``--all``: every page is
     re-read, so a rebuild never mixes old and new outputs)."""
     exe = Path(sys.executable).parent / "jupyter-book"
     if not exe.exists():
         raise BuildError(f"{exe} not found: install the book extra (make install)")
-    cmd = [str(exe), "build", str(layout.root), "--all"]
-    if strict:
-        cmd += ["-W", "-n", "--keep-going"]
+    # Sphinx warnings are errors: a broken reference, figure or citation fails
+    # the build; --keep-going lists them all before it does.
+    cmd = [str(exe), "build", str(layout.root), "--all", "-W", "--keep-going"]
     print(f"[book] {' '.join(cmd)}", flush=True)
     if subprocess.run(cmd, cwd=layout.root).returncode != 0:
         raise BuildError("jupyter-book build failed (see its output above)")
@@ -603,7 +551,7 @@ def check_html(layout: Layout = Layout()) -> None:
 # ---------------------------------------------------------------- the whole book
 
 
-def build(preset: str = DEFAULT_PRESET, *, layout: Layout = Layout(), strict: bool = False) -> Path:
+def build(preset: str = DEFAULT_PRESET, *, layout: Layout = Layout()) -> Path:
     """Every notebook of _toc.yml with the preset, then the HTML, checked."""
     t0 = time.perf_counter()
     presets = load_presets(layout.presets)
@@ -615,15 +563,14 @@ def build(preset: str = DEFAULT_PRESET, *, layout: Layout = Layout(), strict: bo
     if unused:
         print(f"[book] note: preset {preset} sets parameters for notebooks not in _toc.yml: {', '.join(unused)}")
     # Check every notebook's parameters before the first one runs for minutes.
-    effective = [resolve_parameters(s, preset, layout=layout, presets=presets)[1] for s in stems]
-    if needs_fashion_mnist(effective):
-        print(f"[book] Fashion-MNIST: {ensure_fashion_mnist(root=layout.root)}")
+    effective = {s: resolve_parameters(s, preset, layout=layout, presets=presets)[1] for s in stems}
+    provision(effective, layout)
     kernel = ensure_kernel()
     print(f"[book] kernel {kernel['name']} from {kernel['resource_dir']}")
     times = {}
     for stem in stems:
         times[stem] = run_notebook(stem, preset, layout=layout, presets=presets, check_data=False)["seconds"]
-    index = build_html(layout, strict=strict)
+    index = build_html(layout)
     check_html(layout)
     total = time.perf_counter() - t0
     for stem, sec in times.items():
@@ -638,7 +585,6 @@ def main(argv: list[str] | None = None) -> int:
 
     p_build = sub.add_parser("build", help="execute every notebook of _toc.yml, then build the HTML")
     p_build.add_argument("--preset", default=DEFAULT_PRESET)
-    p_build.add_argument("--strict", action="store_true", help="fail on Sphinx warnings too")
 
     p_run = sub.add_parser("run", help="execute one notebook with any parameters")
     p_run.add_argument("stem", help="the notebook, notebooks/<stem>.md")
@@ -654,13 +600,14 @@ def main(argv: list[str] | None = None) -> int:
     p_params.add_argument("stem")
 
     sub.add_parser("html", help="build the HTML from book/executed as it is, and check it")
-    sub.add_parser("data", help="find Fashion-MNIST, installing Debian's package when root (as build does)")
+    p_data = sub.add_parser("data", help="find every data set the preset's notebooks load (installing Fashion-MNIST when root)")
+    p_data.add_argument("--preset", default=DEFAULT_PRESET)
 
     args = parser.parse_args(argv)
     layout = Layout()
     try:
         if args.command == "build":
-            build(args.preset, layout=layout, strict=args.strict)
+            build(args.preset, layout=layout)
         elif args.command == "run":
             overrides: dict[str, Any] = {}
             for text in args.yaml:
@@ -681,8 +628,8 @@ def main(argv: list[str] | None = None) -> int:
             build_html(layout)
             check_html(layout)
         elif args.command == "data":
-            print(f"[book] Fashion-MNIST: {ensure_fashion_mnist(root=layout.root)}")
-    except BuildError as exc:
+            provision(preset_parameters(args.preset, layout), layout)
+    except STOPS as exc:
         print(f"\n[book] ERROR: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import types
 import tomllib
 from pathlib import Path
 
@@ -184,7 +185,7 @@ def test_parse_parameters_cell_reads_types_defaults_and_help():
     ],
 )
 def test_parse_parameters_cell_rejects_what_papermill_cannot_override(src, message):
-    with pytest.raises(bb.BuildError, match=re.escape(message)):
+    with pytest.raises(bb.ParameterError, match=re.escape(message)):
         bb.parse_parameters_cell(src)
 
 
@@ -206,11 +207,30 @@ def test_unknown_or_mistyped_parameters_are_errors():
         bb.check_parameters("nb", {"seed": True}, declared)
 
 
-def test_needs_fashion_mnist_finds_the_name_anywhere_in_the_parameters():
-    assert bb.needs_fashion_mnist([{"dataset": "fashion-mnist"}])
-    assert bb.needs_fashion_mnist([{"rows": {"lenet": "Fashion_MNIST"}}])
-    assert bb.needs_fashion_mnist([{"a": 1}, {"datasets": ["digits", "fashion-mnist"]}])
-    assert not bb.needs_fashion_mnist([{"dataset": "mnist", "n": 3}])
+def test_the_data_a_preset_needs_is_what_each_chapter_says_it_loads(monkeypatch):
+    from advlib import experiments
+
+    fakes = {
+        "fake_a": types.SimpleNamespace(datasets=lambda params: {params["dataset"]}),
+        "fake_b": types.SimpleNamespace(datasets=lambda params: {"digits", "circles"}),
+        "fake_c": types.SimpleNamespace(),
+    }
+    monkeypatch.setattr(experiments, "chapter_module", fakes.__getitem__)
+    needed = bb.needed_datasets({"fake_a": {"dataset": "fashion-mnist-32rgb"}, "fake_b": {}})
+    assert needed == {"fashion-mnist-32rgb", "digits", "circles"}
+    with pytest.raises(AttributeError, match="must define datasets"):
+        bb.needed_datasets({"fake_c": {}})
+    assert set(bb.ensure_datasets({"digits", "circles"})) == {"digits", "circles"}
+
+
+def test_a_missing_data_set_stops_the_build_with_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVLIB_DATA", str(tmp_path))
+    from advlib import data
+
+    if any(p.is_dir() and any(p.iterdir()) for p in data.data_dirs("cifar10")):
+        pytest.skip("CIFAR-10 is on this machine")
+    with pytest.raises(bb.BuildError, match="cifar10.*needed by this preset"):
+        bb.ensure_datasets({"cifar10"})
 
 
 def test_fashion_mnist_location_and_install(tmp_path):
@@ -323,7 +343,7 @@ def test_to_ipynb_keeps_the_parameters_tag_and_sets_the_kernel(tiny_root, tmp_pa
 @pytest.mark.slow
 def test_run_notebook_executes_with_the_preset_and_saves_results(tiny_root):
     bb.ensure_kernel()
-    out = bb.run_notebook("tiny", "quick", overrides={"divisor": 2}, layout=tiny_root)
+    out = bb.run_notebook("tiny", "quick", overrides={"divisor": 2}, layout=tiny_root, check_data=False)
     assert out["executed"] == tiny_root.executed / "tiny.ipynb" and out["executed"].is_file()
     record = json.loads(out["results"].read_text())
     assert record["results"]["value"] == 2.0 and record["parameters"]["seed"] == 4
@@ -337,10 +357,10 @@ def test_run_notebook_executes_with_the_preset_and_saves_results(tiny_root):
 @pytest.mark.slow
 def test_a_failing_notebook_fails_with_its_name_and_traceback_and_leaves_no_stale_results(tiny_root):
     bb.ensure_kernel()
-    bb.run_notebook("tiny", "quick", layout=tiny_root)
+    bb.run_notebook("tiny", "quick", layout=tiny_root, check_data=False)
     assert (tiny_root.executed / "tiny.json").is_file()
     with pytest.raises(bb.NotebookFailed) as info:
-        bb.run_notebook("tiny", "quick", overrides={"divisor": 0}, layout=tiny_root)
+        bb.run_notebook("tiny", "quick", overrides={"divisor": 0}, layout=tiny_root, check_data=False)
     message = str(info.value)
     assert "notebook tiny failed" in message and "ZeroDivisionError" in message
     assert "run.record(\"value\", seed / divisor)" in message  # the failing cell's source
@@ -353,7 +373,7 @@ def test_a_notebook_that_saves_incomplete_provenance_fails_the_build(tiny_root):
     src.write_text(GOOD_NOTEBOOK.replace("parameters=dict(seed=seed, divisor=divisor,", "parameters=dict(seed=seed,"))
     bb.ensure_kernel()
     with pytest.raises(bb.BuildError, match="lacks parameter"):
-        bb.run_notebook("tiny", "quick", layout=tiny_root)
+        bb.run_notebook("tiny", "quick", layout=tiny_root, check_data=False)
 
 
 def test_cli_rejects_an_unknown_parameter_before_executing(capsys, monkeypatch):

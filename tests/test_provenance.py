@@ -154,3 +154,20 @@ def test_summary_is_a_table_of_what_and_value():
     assert summary.loc["parameter: seed", "value"] == "0"
     assert "stand-in for MNIST" in summary.loc["data: test", "value"]
     assert summary.loc["results saved", "value"] == "rho"
+
+
+def test_of_notebook_records_exactly_the_parameters_cell(tmp_path):
+    source = tmp_path / "nb.md"
+    source.write_text(
+        "---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\n---\n\n"
+        "```{code-cell} ipython3\n:tags: [parameters]\n\nseed: int = 0  # the seed\n"
+        'preset: str = "defaults"  # set by the build\nresults_json: str = "nb.json"  # set by the build\n```\n',
+        encoding="utf-8",
+    )
+    namespace = {"seed": 3, "preset": "quick", "results_json": "x.json", "unrelated": object()}
+    run = provenance.Run.of_notebook("nb", namespace, source=source)
+    assert run.parameters == {"seed": 3, "preset": "quick", "results_json": "x.json"}
+    assert run.preset == "quick"
+    del namespace["seed"]
+    with pytest.raises(NameError, match="seed"):
+        provenance.Run.of_notebook("nb", namespace, source=source)
