@@ -99,3 +99,11 @@ def _bounds(low: float | None, high: float | None, *, closed: tuple[bool, bool])
     if low is None:
         return f" {'<=' if closed[1] else '<'} {high}"
     return f" in {'[' if closed[0] else '('}{low}, {high}{']' if closed[1] else ')'}"
+
+
+def instance(value: Any, name: str, kind: type | tuple[type, ...], accepts: str) -> Any:
+    """An instance of ``kind``; ``accepts`` says what to pass instead
+    (``loss='ce'`` is refused with the list of losses, not an AttributeError later)."""
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be {accepts}, got {_got(value)}")
+    return value

@@ -1,4 +1,5 @@
-"""The four perturbation sources of Ozbulak et al. (REFERENCE.md section 2).
+"""The four perturbation sources of Ozbulak et al. ("Perturbation analysis of
+gradient-based adversarial attacks", 2020, Section 2).
 
 A :class:`Loss` gives, per sample, the value an attack *decreases* to reach
 its goal, and whether the attack steps along the gradient itself or only its
@@ -17,12 +18,15 @@ Targeted (towards ``t``) the value is the loss of the target; untargeted
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from . import checks, norms
 
 
 def _ce(logits: Tensor, label: Tensor, targeted: bool) -> Tensor:
@@ -54,15 +58,29 @@ class Loss:
     def value(self, logits: Tensor, label: Tensor, *, targeted: bool) -> Tensor:
         return self.fn(logits, label, targeted)
 
-    def direction(self, grad: Tensor) -> Tensor:
-        """The direction the attack descends along, given the loss gradient."""
-        return grad.sign() if self.sign else grad
+    def direction(self, grad: Tensor, p: float | None = None) -> Tensor:
+        """The direction an attack descends along, given the loss gradient
+        ``grad`` [N, ...]: the one place where a step's sign is taken.
+
+        ``p=None``: the raw direction of a step ``alpha * d`` (Ozbulak et al.'s
+        equal multiplier): ``sign(grad)`` for a sign loss, ``grad`` itself otherwise.
+
+        ``p`` given: a direction of unit Lp norm per sample, for a step of Lp
+        size ``eps``: the steepest unit-Lp direction of ``grad``
+        (:func:`advlib.norms.steepest`) for a gradient loss; for a sign loss
+        ``sign(grad)`` rescaled to unit Lp norm, so the sign is kept for every
+        ``p`` (for ``p = inf`` that is ``sign(grad)`` itself, the steepest L-inf
+        direction; for ``p = 2``, ``sign(grad) / sqrt(#nonzero)``).
+        """
+        if self.sign:
+            s = norms.steepest(grad, math.inf)  # sign(grad): the steepest L-inf direction
+            return s if p is None or p == math.inf else norms.unit(s, p)
+        return grad if p is None else norms.steepest(grad, p)
 
 
 def m_logit_loss(kappa: float = 0.0) -> Loss:
     """Carlini & Wagner's M-logit loss with confidence ``kappa`` >= 0."""
-    if not kappa >= 0:
-        raise ValueError(f"kappa must be >= 0, got {kappa!r}")
+    kappa = checks.number(kappa, "kappa", low=0)
 
     def fn(logits: Tensor, label: Tensor, targeted: bool) -> Tensor:
         m = margin(logits, label)
@@ -77,3 +95,11 @@ logit = Loss("logit", _logit)
 m_logit = m_logit_loss(0.0)
 
 ALL = (ce, ce_sign, logit, m_logit)
+
+
+def check(loss: object, name: str = "loss") -> Loss:
+    """``loss`` if it is a :class:`Loss`, else a TypeError that lists the ones there are."""
+    return checks.instance(
+        loss, name, Loss, "an advlib.losses.Loss: losses.ce, losses.ce_sign, losses.logit, "
+        "losses.m_logit or losses.m_logit_loss(kappa)",
+    )

@@ -12,13 +12,14 @@ import math
 import torch
 from torch import Tensor
 
+from . import checks
+
 INF = math.inf
 
 
-def check_p(p: float) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or math.isnan(p) or p < 1:
-        raise ValueError(f"p must be a number in [1, inf], got {p!r}")
-    return float(p)
+def check_p(p: float, name: str = "p") -> float:
+    """A norm's order in [1, inf] (:func:`advlib.checks.norm_order`)."""
+    return checks.norm_order(p, name)
 
 
 def dual(p: float) -> float:
@@ -81,6 +82,12 @@ def steepest(w: Tensor, p: float) -> Tensor:
                 torch.finfo(w.dtype).tiny
             )
     return u.reshape(w.shape)
+
+
+def unit(v: Tensor, p: float) -> Tensor:
+    """``v`` rescaled per sample to unit Lp norm (a sample with ``v = 0`` stays 0)."""
+    p = check_p(p)
+    return v / per_sample(lp_norm(v, p).clamp_min(torch.finfo(v.dtype).tiny), v)
 
 
 def project_ball(delta: Tensor, p: float, eps: float) -> Tensor:

@@ -1,7 +1,7 @@
 """The optimisation attacks: Szegedy et al.'s L-BFGS, Carlini & Wagner L2, JSMA.
 
 L-BFGS and C&W are checked against minimal perturbations known exactly on
-affine models (REFERENCE.md sec. 1); JSMA against a small network trained
+affine models (the DeepFool paper, Sec. 2-3); JSMA against a small network trained
 here on scikit-learn's 8x8 digits.
 """
 
@@ -15,8 +15,9 @@ import torch
 from sklearn.datasets import load_digits
 
 from advlib.attacks.cw import cw_l2
-from advlib.attacks.jsma import _best_pair, jsma
+from advlib.attacks.jsma import _best_pair, forward_derivatives, jsma
 from advlib.attacks.lbfgs import lbfgs
+from advlib.attacks.penalty import PenaltySearch
 
 
 # --- affine models whose minimal perturbation is known ---------------------
@@ -31,7 +32,7 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor) -> torch.nn.Linear:
 
 
 def _exact_untargeted(m: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """r* of REFERENCE.md sec. 1 (projection on the closest face), [N, n]."""
+    """r* of the DeepFool paper, Sec. 2-3 (projection on the closest face), [N, n]."""
     w, b = m.weight.detach(), m.bias.detach()
     f = x @ w.T + b
     k0 = f.argmax(1)
@@ -156,7 +157,7 @@ def test_best_of_options_are_checked():
 
 
 def test_lbfgs_minimum_on_binary_affine_model():
-    # One logit f: r* = -f(x) w / ||w||^2 (REFERENCE.md sec. 1), in closed form.
+    # One logit f: r* = -f(x) w / ||w||^2 (the DeepFool paper, Sec. 2-3), in closed form.
     g = torch.Generator().manual_seed(1)
     w = torch.randn(1, 20, generator=g, dtype=torch.float64)
     m = _linear(w, torch.tensor([-0.5 * w.sum().item()], dtype=torch.float64))
@@ -236,7 +237,7 @@ def digits_model():
 def test_jsma_reaches_target_on_digits(digits_model, gamma, bar):
     model, x, y = digits_model
     target = (y + 1) % 10
-    res = jsma(model, x, target, gamma=gamma)
+    res = jsma(model, x, target=target, gamma=gamma)
     changed = (res.perturbation != 0).flatten(1).sum(1)
     assert res.success.float().mean() >= bar, res.success.float().mean()
     assert (changed <= gamma * 64).all()
@@ -280,8 +281,8 @@ def _assert_consistent(model, x, res, targeted):
     "attack, kwargs",
     [
         (lbfgs, dict(search_steps=4, max_iter=30)),
-        (cw_l2, dict(search_steps=4, steps=100)),
-        (cw_l2, dict(search_steps=3, steps=50, kappa=2.0)),
+        (cw_l2, dict(search_steps=4, max_iter=100)),
+        (cw_l2, dict(search_steps=3, max_iter=50, kappa=2.0)),
     ],
     ids=["lbfgs", "cw_l2", "cw_l2-kappa"],
 )
@@ -308,17 +309,17 @@ def test_jsma_result_fields_consistent(small_net):
         label = model(x).argmax(1)
     target = (label + 1) % 4
     target[5] = label[5]
-    res = jsma(model, x, target, gamma=0.5)
+    res = jsma(model, x, target=target, gamma=0.5)
     _assert_consistent(model, x, res, True)
     assert res.success[5] and res.iterations[5] == 0 and torch.equal(res.x_adv[5], x[5])
-    res = jsma(model, x, target, gamma=0.5, theta=-0.3)
+    res = jsma(model, x, target=target, gamma=0.5, theta=-0.3)
     _assert_consistent(model, x, res, True)
     assert ((res.perturbation <= 0) & (res.perturbation >= -0.3 - 1e-7)).all()
 
 
 def test_cw_kappa_gives_the_margin(small_net):
     model, x = small_net
-    res = cw_l2(model, x, kappa=1.0, c_init=0.1, search_steps=4, steps=100)
+    res = cw_l2(model, x, kappa=1.0, c_init=0.1, search_steps=4, max_iter=100)
     logits = model(res.x_adv).detach()
     y = res.label_orig
     others = logits.scatter(1, y[:, None], float("-inf")).amax(1)
@@ -335,15 +336,114 @@ def test_cw_kappa_gives_the_margin(small_net):
         (lambda m, x: lbfgs(m, x, max_iter=1.5), "max_iter"),
         (lambda m, x: cw_l2(m, x, kappa=-1.0), "kappa"),
         (lambda m, x: cw_l2(m, x, lr=float("nan")), "lr"),
-        (lambda m, x: cw_l2(m, x, steps=0), "steps"),
+        (lambda m, x: cw_l2(m, x, max_iter=0), "max_iter"),
         (lambda m, x: cw_l2(m, x, c_init=float("inf")), "c_init"),
-        (lambda m, x: jsma(m, x, torch.zeros(6, dtype=torch.long), theta=0.0), "theta"),
-        (lambda m, x: jsma(m, x, torch.zeros(6, dtype=torch.long), gamma=1.5), "gamma"),
-        (lambda m, x: jsma(m, x, torch.zeros(6, dtype=torch.long), gamma=0.1), "gamma"),  # 1.2 features
-        (lambda m, x: jsma(m, x, torch.zeros(6, dtype=torch.long), chunk=0), "chunk"),
+        (lambda m, x: jsma(m, x, target=torch.zeros(6, dtype=torch.long), theta=0.0), "theta"),
+        (lambda m, x: jsma(m, x, target=torch.zeros(6, dtype=torch.long), gamma=1.5), "gamma"),
+        (lambda m, x: jsma(m, x, target=torch.zeros(6, dtype=torch.long), gamma=0.1), "gamma"),  # 1.2 features
+        (lambda m, x: jsma(m, x, target=torch.zeros(6, dtype=torch.long), chunk=0), "chunk"),
     ],
 )
 def test_bad_options_raise(small_net, call, match):
     model, x = small_net
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         call(model, x)
+
+
+def _tiny_affine(seed=6):
+    """3 classes on 6 features, where the saliency maps of the logits and of
+    the probabilities pick different pairs for every sample (seed 6)."""
+    g = torch.Generator().manual_seed(seed)
+    m = torch.nn.Linear(6, 3).double()
+    with torch.no_grad():
+        m.weight.copy_(2 * torch.randn(3, 6, generator=g, dtype=torch.float64))
+        m.bias.copy_(torch.randn(3, generator=g, dtype=torch.float64))
+    x = 0.2 + 0.6 * torch.rand(4, 6, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        t = (m(x).argmax(1) + 1) % 3
+    return m, x, t
+
+
+def _hand_derivatives(m, x, t, space):
+    """alpha = dF_t/dx, beta = sum_{j != t} dF_j/dx by hand: F = Wx + b has
+    Jacobian W; softmax(Wx + b) has Jacobian (diag(p) - p p^T) W."""
+    w = m.weight.detach()
+    jac = w.expand(len(x), *w.shape)
+    if space == "probs":
+        p = torch.softmax(x @ w.T + m.bias.detach(), dim=1)
+        jac = (torch.diag_embed(p) - p[:, :, None] * p[:, None, :]) @ w
+    rows = torch.arange(len(x))
+    alpha = jac[rows, t]
+    return alpha, jac.sum(1) - alpha
+
+
+@pytest.mark.parametrize("space", ["logits", "probs"])
+def test_jsma_forward_derivatives_equal_the_hand_jacobian(space):
+    m, x, t = _tiny_affine()
+    xa = x.clone().requires_grad_(True)
+    alpha, beta = forward_derivatives(m(xa), xa, t, space)
+    ha, hb = _hand_derivatives(m, x, t, space)
+    torch.testing.assert_close(alpha, ha, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(beta, hb, rtol=1e-12, atol=1e-14)
+    if space == "probs":
+        torch.testing.assert_close(beta, -alpha)  # the probabilities sum to 1
+
+
+def test_jsma_probs_and_logits_pick_their_own_saliency_maps_pair():
+    """One pair update each (gamma * n / 2 = 1): the pair changed is the
+    brute-force best pair of that space's hand-computed saliency map, and the
+    two spaces pick different pairs on this model."""
+    m, x, t = _tiny_affine()
+    picked = {}
+    for space in ("logits", "probs"):
+        res = jsma(m, x, target=t, gamma=1 / 3, space=space)
+        assert (res.iterations == 1).all()
+        alpha, beta = _hand_derivatives(m, x, t, space)
+        p, q, found = _brute_force_pair(alpha, beta, torch.ones(4, 6, dtype=torch.bool), True)
+        assert found.all()
+        expected = torch.zeros(4, 6, dtype=torch.bool)
+        expected[torch.arange(4), torch.from_numpy(p)] = True
+        expected[torch.arange(4), torch.from_numpy(q)] = True
+        assert torch.equal(res.perturbation != 0, expected), space
+        picked[space] = expected
+    assert (picked["logits"] != picked["probs"]).any(1).all()
+
+
+def test_jsma_probs_fails_where_the_softmax_saturates():
+    """Defensive distillation's effect: a saturated softmax has no usable
+    gradient, so the probability saliency map finds no pair; the logits' one does."""
+    m, x, t = _tiny_affine()
+    m, x = m.float(), x.float()
+    with torch.no_grad():
+        m.weight.mul_(1000)  # float32 logit gaps in the hundreds: p_t and its gradient underflow to 0
+    logits = jsma(m, x, target=t, gamma=1.0)
+    probs = jsma(m, x, target=t, gamma=1.0, space="probs")
+    assert (probs.iterations == 0).all() and not probs.success.any()
+    assert (logits.iterations > 0).all()
+
+
+# --- the penalty search shared by L-BFGS and C&W -------------------------
+
+
+@pytest.mark.parametrize("geometric", [False, True])
+def test_penalty_search_brackets_the_smallest_succeeding_c(geometric):
+    """Success iff c >= c*: the search grows c by 10 until a success, then
+    bisects; the bracket always holds c* and narrows."""
+    c_star = torch.tensor([3e-3, 0.5, 70.0, 1e-6], dtype=torch.float64)
+    search = PenaltySearch(4, 1e-3 if not geometric else 1.0, geometric=geometric, device=torch.device("cpu"))
+    idx = torch.arange(4)
+    for _ in range(40):
+        search.update(idx, search.c >= c_star)
+        assert ((search.lo <= c_star) & (c_star <= search.hi)).all()
+    width = (search.hi / search.lo) if geometric else (search.hi - search.lo)
+    assert ((width < 1 + 1e-6) if geometric else (width < 1e-6 * search.hi)).all()
+
+
+def test_lbfgs_and_cw_share_the_penalty_search():
+    import inspect
+
+    from advlib.attacks import cw as cw_module
+    from advlib.attacks import lbfgs as lbfgs_module
+
+    for module in (cw_module, lbfgs_module):
+        assert "PenaltySearch(" in inspect.getsource(module), module.__name__

@@ -1,5 +1,5 @@
 """DeepFool against the closed-form minimal perturbations of affine classifiers
-(REFERENCE.md section 1), then its behaviour on nonlinear models."""
+(the DeepFool paper, Sections 2-3), then its behaviour on nonlinear models."""
 
 import math
 
@@ -178,7 +178,7 @@ def test_candidates_restricts_the_classes():
     ],
 )
 def test_bad_options(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, TypeError), match=message):
         deepfool(small_net(), torch.rand(2, 20), **kwargs)
 
 
@@ -242,15 +242,16 @@ class Counted(torch.nn.Module):
 
 @pytest.mark.parametrize("refresh", [None, 1, 2, 4])
 def test_passes_per_iteration(refresh):
-    """One forward pass per iteration; K - 1 backward passes at the first, then
-    ``refresh`` (all K - 1 for None), whatever the batch size."""
+    """One forward pass per iteration and one that judges the returned batch;
+    K - 1 backward passes at the first, then ``refresh`` (all K - 1 for None),
+    whatever the batch size."""
     model = Counted(small_net(seed=14, classes=8))
     x = mostly_on_the_box(seed=15, n=48)
     CountingBackward.calls = 0
     res = deepfool(model, x, candidates=6, refresh=refresh)
     steps = int(res.iterations.max())
     assert steps >= 3  # the test must see later iterations
-    assert model.forwards == steps + 1
+    assert model.forwards == steps + 2
     later = 5 if refresh is None else min(refresh, 5)
     assert CountingBackward.calls == 5 + later * (steps - 1)
 
@@ -279,3 +280,36 @@ def test_refresh_agrees_with_algorithm_2_on_a_nonlinear_model():
     assert same.float().mean() >= 0.9
     ratio = lazy.norms().median() / full.norms().median()
     assert 0.97 < ratio < 1.03
+
+
+@pytest.mark.parametrize("clip", [(0.0, 1.0), None], ids=["box", "no box"])
+def test_trace_holds_the_iterates_of_every_step(clip):
+    """trace["x"][k] is the batch after k steps: exactly what max_iter=k returns
+    (a finished sample's rows repeat its returned point), so one run serves
+    a figure of every step."""
+    model = small_net(seed=21, classes=5)
+    x = mostly_on_the_box(seed=22, n=12)
+    res = deepfool(model, x, clip=clip, trace=True)
+    rows = res.trace["x"]
+    steps = int(res.iterations.max())
+    assert steps >= 2
+    assert rows.shape == (steps + 1, *x.shape)
+    assert torch.equal(rows[0], x) and torch.equal(rows[-1], res.x_adv)
+    for k in range(1, steps + 1):
+        assert torch.equal(rows[k], deepfool(model, x, clip=clip, max_iter=k).x_adv), k
+    # After its last step a sample does not move.
+    for i, it in enumerate(res.iterations.tolist()):
+        assert (rows[it:, i] == res.x_adv[i]).all()
+    assert deepfool(model, x).trace == {}
+
+
+def test_label_is_the_class_moved_away_from():
+    """label= fixes k0: with the model's own label it is the default; a sample
+    whose model label already differs is returned unchanged, a success."""
+    model = small_net(seed=23, classes=5)
+    x = torch.rand(10, 20, generator=torch.Generator().manual_seed(24))
+    default = deepfool(model, x)
+    assert torch.equal(deepfool(model, x, label=default.label_orig).x_adv, default.x_adv)
+    other = (default.label_orig + 1) % 5
+    moved = deepfool(model, x, label=other)
+    assert moved.success.all() and (moved.perturbation == 0).all() and (moved.iterations == 0).all()

@@ -1,5 +1,5 @@
 """Carlini & Wagner's L2 attack ("Towards evaluating the robustness of neural
-networks", IEEE S&P 2017), with the M-logit loss of REFERENCE.md sec. 2."""
+networks", IEEE S&P 2017), with its M-logit loss (:func:`advlib.losses.m_logit_loss`)."""
 
 from __future__ import annotations
 
@@ -9,45 +9,31 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .. import checks
 from ..losses import m_logit_loss, margin
 from ._common import (
-    AttackResult, Box, attacking, best_of_targets, check_best_of, check_inputs, check_labels, judged, logits_of,
-    project_box,
+    AttackResult, Box, attacking, begin, best_of_targets, check_best_of, check_inputs, finite_rows, judged, logits_of,
+    stack_rows, trace_row,
 )
+from .penalty import PenaltySearch
 
 # The authors' constants: atanh is taken of the input shrunk by this factor so
-# that pixels on the box edge map to a finite w; a c above this bound means
-# "no success yet" (multiply by 10 instead of bisecting).
+# that pixels on the box edge map to a finite w; Adam's.
 _SHRINK = 1.0 - 1e-6
-_C_UNBOUNDED = 1e9
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
-
-
-def _check_options(kappa, c_init, search_steps, steps, lr, abort_early) -> None:
-    if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not (0 <= kappa < math.inf):
-        raise ValueError(f"kappa must be a finite number >= 0, got {kappa!r}")
-    if isinstance(c_init, bool) or not isinstance(c_init, (int, float)) or not (0 < c_init < math.inf):
-        raise ValueError(f"c_init must be a finite number > 0, got {c_init!r}")
-    if isinstance(search_steps, bool) or not isinstance(search_steps, int) or search_steps < 1:
-        raise ValueError(f"search_steps must be an integer >= 1, got {search_steps!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (0 < lr < math.inf):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if not isinstance(abort_early, bool):
-        raise ValueError(f"abort_early must be True or False, got {abort_early!r}")
 
 
 def cw_l2(
     model: nn.Module,
     x: Tensor,
     *,
+    label: Tensor | None = None,
     target: Tensor | None = None,
     kappa: float = 0.0,
     c_init: float = 1e-3,
     search_steps: int = 9,
-    steps: int = 1000,
+    max_iter: int = 1000,
     lr: float = 1e-2,
     clip: Box = (0.0, 1.0),
     abort_early: bool = True,
@@ -61,10 +47,11 @@ def cw_l2(
     keeps ``x_adv`` inside the box ``clip = (lo, hi)`` without clipping. The
     M-logit loss (``losses.m_logit_loss(kappa)``) is
     ``max(max_{j != t} f_j - f_t, -kappa)`` towards ``target``, or
-    ``max(f_y - max_{j != y} f_j, -kappa)`` away from the model's label ``y``
-    of ``x``. ``c`` is searched per sample as in the authors' code: start at
-    ``c_init``, multiply by 10 until a run succeeds, then bisect between the
-    largest failing and the smallest succeeding ``c``; every run restarts
+    ``max(f_y - max_{j != y} f_j, -kappa)`` away from ``y = label`` (default
+    the model's label of ``x``). ``c`` is searched per sample as in the
+    authors' code (:class:`~advlib.attacks.penalty.PenaltySearch`, shared with
+    L-BFGS): start at ``c_init``, multiply by 10 until a run succeeds, then
+    bisect between the largest failing and the smallest succeeding ``c``; every run restarts
     from ``w = atanh(x)`` with a fresh Adam state. Over all runs and all Adam
     steps, the successful iterate of smallest L2 distance is kept.
 
@@ -85,27 +72,28 @@ def cw_l2(
     Batched: all samples run together, each with its own ``c``; Adam is
     elementwise, so its state is kept per sample, and with ``abort_early``
     a sample whose objective has not decreased by 0.01% over the last
-    ``steps // 10`` steps leaves the run (the authors apply this test to the
+    ``max_iter // 10`` steps leaves the run (the authors apply this test to the
     batch's summed objective).
 
     Args:
         model: classifier returning logits ``[N, C]`` (``[N, 1]`` for a binary
             model). Evaluated in eval mode and handed back unchanged.
         x: inputs ``[N, ...]``, floating point, inside ``clip``.
-        target: ``[N]`` class indices for a targeted attack, or ``None`` for an
-            untargeted one.
-        kappa: confidence ``kappa >= 0`` of the M-logit loss (paper: 0).
+        label: untargeted, ``[N]`` the labels to move away from (default: the
+            model's labels of ``x``).
+        target: ``[N]`` class indices for a targeted attack (not with ``label``).
+        kappa: confidence ``kappa >= 0`` (finite) of the M-logit loss (paper: 0).
         c_init: the first ``c`` (paper: 1e-3).
         search_steps: runs of the binary search on ``c`` (paper: 9). As in the
             authors' code, with 10 or more the last run uses the upper bound.
-        steps: Adam steps per run (the authors' code: 10000; we default to
+        max_iter: Adam steps per run (the authors' code: 10000; we default to
             1000, with ``abort_early`` most runs stop far sooner).
         lr: Adam's learning rate on ``w`` (paper: 1e-2).
         clip: the box ``(lo, hi)``; ``None`` drops the change of variables and
             optimises ``x_adv`` directly.
         abort_early: stop a sample's run once its objective stalls (see above).
         best_of: untargeted only: run the targeted attack towards each of the
-            ``best_of`` classes of highest logit after the model's label (all
+            ``best_of`` classes of highest logit other than ``label`` (all
             in one batch) and keep each sample's smallest successful
             perturbation; ``best_of = classes - 1`` tries every class. Costs
             ``best_of`` attacks. ``None``: the untargeted loss above.
@@ -114,24 +102,33 @@ def cw_l2(
     Returns:
         :class:`AttackResult`; ``x_adv`` ``[N, ...]`` is the best iterate
         found; a sample with no successful iterate is returned unchanged
-        (``perturbation = 0``, ``success = False``). ``iterations`` counts the
-        Adam steps a sample took over all runs. ``trace["c"]`` ``[runs, N]`` is
-        the ``c`` of each run (NaN for a sample that needed none).
+        (``perturbation = 0``, ``success = False``). ``iterations`` as in
+        :class:`AttackResult`: one iteration is one Adam step, summed over the
+        runs the sample took part in. ``trace["c"]`` ``[runs, N]`` is the ``c``
+        of each run (NaN for a sample that took no part). A sample whose
+        objective or gradient becomes NaN or inf leaves the search, is
+        returned at ``x`` with ``success = False``.
 
     Example::
 
-        res = cw_l2(model, x, target=(y + 1) % 10)
+        res = cw_l2(model, x, target=attacks.least_likely(model, x))
         print(res.success_rate, res.norms().mean())
     """
-    check_inputs(x, clip)
-    _check_options(kappa, c_init, search_steps, steps, lr, abort_early)
-    check_best_of(best_of, target)
+    x, clip = check_inputs(x, clip)
+    kappa = checks.number(kappa, "kappa", low=0)
+    c_init = checks.number(c_init, "c_init", low=0, low_open=True)
+    search_steps = checks.integer(search_steps, "search_steps", low=1)
+    max_iter = checks.integer(max_iter, "max_iter", low=1)
+    lr = checks.number(lr, "lr", low=0, low_open=True)
+    abort_early = checks.flag(abort_early, "abort_early")
+    progress = checks.flag(progress, "progress")
+    best_of = check_best_of(best_of, target)
     if best_of is not None:
         def towards(xs: Tensor, ts: Tensor) -> AttackResult:
-            return cw_l2(model, xs, target=ts, kappa=kappa, c_init=c_init, search_steps=search_steps, steps=steps,
-                         lr=lr, clip=clip, abort_early=abort_early, progress=progress)
+            return cw_l2(model, xs, target=ts, kappa=kappa, c_init=c_init, search_steps=search_steps,
+                         max_iter=max_iter, lr=lr, clip=clip, abort_early=abort_early, progress=progress)
 
-        return best_of_targets(towards, model, x, best_of)
+        return best_of_targets(towards, model, x, best_of, label=label, clip=clip)
     n = x.shape[0]
     device, dtype = x.device, x.dtype
     loss_fn = m_logit_loss(kappa)
@@ -154,13 +151,9 @@ def cw_l2(
         w_start = torch.atanh((x.detach() - mid) / half * _SHRINK)
 
     with attacking(model):
-        with torch.no_grad():
-            logits0 = logits_of(model, x)
-        label_orig = logits0.argmax(dim=1)
+        logits0, label_orig, label, target = begin(model, x, label=label, target=target)
         targeted = target is not None
-        if targeted:
-            target = check_labels(target, x, logits0.shape[1], "target")
-        goal = target if targeted else label_orig
+        goal = target if targeted else label
 
         def reached(logits: Tensor, goal: Tensor) -> Tensor:
             # Strict margin: a tie on the boundary is not a label change.
@@ -169,31 +162,29 @@ def cw_l2(
                 return (m > 0) & (m >= kappa)
             return (m < 0) & (-m >= kappa)
 
-        x = x.detach()
         best = x.clone()
         best_l2 = torch.full((n,), math.inf, dtype=dtype, device=device)
-        c = torch.full((n,), float(c_init), dtype=torch.float64, device=device)
-        c_lo = torch.zeros(n, dtype=torch.float64, device=device)
-        c_hi = torch.full((n,), 1e10, dtype=torch.float64, device=device)
+        search = PenaltySearch(n, c_init, geometric=False, device=device)
+        failed = torch.zeros(n, dtype=torch.bool, device=device)
         iterations = torch.zeros(n, dtype=torch.long, device=device)
         trace_c = []
 
-        # A sample that already meets the goal needs no perturbation.
-        pending = torch.ones(n, dtype=torch.bool, device=device)
-        if targeted:
-            already = reached(logits0, goal)
-            best_l2[already] = 0.0
-            pending &= ~already
-        runners = pending.nonzero().squeeze(1)
+        # A sample that already meets the goal (a given label the model does
+        # not give it, or its target) needs no perturbation.
+        already = reached(logits0, goal)
+        best_l2[already] = 0.0
+        pending = ~already
 
-        check_every = max(steps // 10, 1)
-        bar = tqdm(total=search_steps * steps, desc="C&W L2", disable=not progress, leave=False)
+        check_every = max(max_iter // 10, 1)
+        bar = tqdm(total=search_steps * max_iter, desc="C&W L2", disable=not progress, leave=False)
         for run in range(search_steps):
+            runners = (pending & ~failed).nonzero().squeeze(1)
             if runners.numel() == 0:
                 break
             if search_steps >= 10 and run == search_steps - 1:
-                c = torch.where(c_hi < _C_UNBOUNDED, c_hi, c)
-            trace_c.append(torch.full((n,), math.nan, dtype=torch.float64, device=device).index_put((runners,), c[runners]))
+                search.use_upper_bound()
+            c = search.c
+            trace_c.append(trace_row(n, runners, c[runners]))
 
             # The run's state is kept for its remaining samples only, and
             # compacted when some abort: no per-step scatter into [N, ...].
@@ -206,7 +197,7 @@ def cw_l2(
             run_ok = torch.zeros(n, dtype=torch.bool, device=device)
             ok_run = torch.zeros(act.numel(), dtype=torch.bool, device=device)
             done = 0
-            for i in range(steps):
+            for i in range(max_iter):
                 wa = w.detach().requires_grad_(True)
                 xa = to_input(wa)
                 logits = logits_of(model, xa)
@@ -215,6 +206,18 @@ def cw_l2(
                 (g,) = torch.autograd.grad(objective.sum(), wa)
 
                 with torch.no_grad():
+                    sick = ~(finite_rows(objective[:, None]) & finite_rows(g))
+                    if sick.any():
+                        # NaN or inf: the sample leaves the search, a failure.
+                        failed[act[sick]] = True
+                        iterations[act[sick]] += i + 1
+                        fine = ~sick
+                        if not fine.any():
+                            break
+                        act, w, m1, m2, ok_run, prev = (t[fine] for t in (act, w, m1, m2, ok_run, prev))
+                        xr, gr, cr, xa, l2, logits, g, objective = (
+                            t[fine] for t in (xr, gr, cr, xa, l2, logits, g, objective)
+                        )
                     # The iterate just evaluated is a candidate, before the step.
                     ok = reached(logits, gr)
                     ok_run |= ok
@@ -238,7 +241,7 @@ def cw_l2(
                         iterations[act[~keep]] += done
                         run_ok[act[~keep]] = ok_run[~keep]
                         if not keep.any():
-                            bar.update(steps - done)
+                            bar.update(max_iter - done)
                             break
                         act, w, m1, m2, ok_run = act[keep], w[keep], m1[keep], m2[keep], ok_run[keep]
                         xr, gr, cr, obj = xr[keep], gr[keep], cr[keep], obj[keep]
@@ -249,17 +252,12 @@ def cw_l2(
 
             # The authors' binary search: success -> lower the upper bound;
             # failure -> raise the lower bound, x10 while no success is known.
-            r = runners
-            ok = run_ok[r]
-            c_hi[r] = torch.where(ok, torch.minimum(c_hi[r], c[r]), c_hi[r])
-            c_lo[r] = torch.where(ok, c_lo[r], torch.maximum(c_lo[r], c[r]))
-            bounded = c_hi[r] < _C_UNBOUNDED
-            c[r] = torch.where(bounded, (c_lo[r] + c_hi[r]) / 2, c[r] * 10)
+            search.update(runners, run_ok[runners])
             bar.set_postfix(success=int(torch.isfinite(best_l2).sum()))
         bar.close()
 
         return judged(
-            model, x, project_box(best, clip), label_orig=label_orig, iterations=iterations,
-            target=target,
-            trace={"c": torch.stack(trace_c) if trace_c else torch.empty(0, n, dtype=torch.float64, device=device)},
+            model, x, best, clip=clip, label_orig=label_orig, iterations=iterations, target=target, label=label,
+            failed=failed,
+            trace={"c": stack_rows(trace_c, n, device)},
         )

@@ -8,31 +8,15 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .. import norms
-from ._common import AttackResult, Box, attacking, check_inputs, logits_of
-
-
-def _check_options(
-    overshoot: float, max_iter: int, candidates: int, step_margin: float, min_progress: float, refresh: int | None
-) -> None:
-    if not overshoot >= 0:
-        raise ValueError(f"overshoot must be >= 0, got {overshoot!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
-    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 2:
-        raise ValueError(f"candidates must be an integer >= 2, got {candidates!r}")
-    if not step_margin >= 0:
-        raise ValueError(f"step_margin must be >= 0, got {step_margin!r}")
-    if isinstance(min_progress, bool) or not isinstance(min_progress, (int, float)) or not 0 <= min_progress <= 1:
-        raise ValueError(f"min_progress must be a number in [0, 1], got {min_progress!r}")
-    if refresh is not None and (isinstance(refresh, bool) or not isinstance(refresh, int) or refresh < 1):
-        raise ValueError(f"refresh must be None or an integer >= 1, got {refresh!r}")
+from .. import checks, norms
+from ._common import AttackResult, Box, attacking, check_inputs, finite_rows, judged, logits_of, start
 
 
 def deepfool(
     model: nn.Module,
     x: Tensor,
     *,
+    label: Tensor | None = None,
     p: float = 2,
     overshoot: float = 0.02,
     max_iter: int = 50,
@@ -41,11 +25,13 @@ def deepfool(
     step_margin: float = 1e-4,
     min_progress: float = 0.5,
     refresh: int | None = 2,
+    trace: bool = False,
     progress: bool = False,
 ) -> AttackResult:
     """DeepFool: the smallest Lp perturbation that changes the model's label,
     found by repeatedly projecting on the closest face of the linearised
     decision region (Algorithm 2; Algorithm 1 for a model with one logit).
+    Untargeted only.
 
     Minimises ``||r||_p`` for any ``p`` in [1, inf] (Sec. 3.3): at iterate
     ``x_i``, for each candidate ``k``, ``w'_k = grad(f_k - f_k0)`` and
@@ -57,17 +43,20 @@ def deepfool(
             model, whose label is ``f > 0``). It is evaluated in eval mode and
             handed back unchanged.
         x: inputs ``[N, ...]``, floating point, inside ``clip``.
+        label: ``[N]`` the class ``k0`` to move away from (default: the
+            model's label of ``x``, ``argmax`` of its logits). A sample whose
+            model label already differs from it is returned unchanged, a success.
         p: the norm minimised; ``float("inf")`` for L-inf (Table 2), 1 allowed.
-        overshoot: ``eta``; the iterate is ``x + (1 + eta) * sum(r_i)`` and is
-            tested for success as it will be returned (the authors' code).
+        overshoot: ``eta`` >= 0, finite; the iterate is ``x + (1 + eta) * sum(r_i)``
+            and is tested for success as it will be returned (the authors' code).
         max_iter: steps at most; a sample still not flipped is ``success=False``.
         candidates: the ``K`` classes of highest original logit considered
-            (the original label included), fixed from ``f(x)``.
+            (``label`` included), fixed from ``f(x)``.
         clip: the input box ``(low, high)``, or ``None`` for no box (the
             authors' code). With a box each iterate is clipped, linearised where
             it is, and tested for success there (as Foolbox 3 does).
-        step_margin: added to each step's Lp length (the authors' 1e-4) so an
-            iterate does not stall exactly on the boundary.
+        step_margin: >= 0, finite, added to each step's Lp length (the
+            authors' 1e-4) so an iterate does not stall exactly on the boundary.
         min_progress: with a box, the pixels that sit on it cannot move
             outwards, so a clipped step may close only part of the linearised
             distance to the boundary. A step that would close less than this
@@ -90,15 +79,25 @@ def deepfool(
             iterations several times cheaper. ``None`` recomputes all
             ``K - 1`` at every iteration (Algorithm 2 to the letter); on affine
             models the two are identical.
+        trace: also return the iterates, ``trace["x"]`` ``[steps + 1, N, ...]``
+            (``x`` first; ``steps`` the largest ``iterations``); the rows after a
+            sample finished repeat its returned point.
         progress: show a tqdm bar of the samples flipped.
 
     Returns:
         :class:`AttackResult`; ``perturbation = x_adv - x = (1 + eta) sum(r_i)``
-        (after the box).
+        (after the box). ``iterations`` as in :class:`AttackResult`: here one
+        iteration is one linearise-and-step, and a sample's count is the steps
+        it took until its label changed (``max_iter`` if it never did).
+        ``success`` is judged by one forward pass on the returned batch (a
+        sample seen flipped inside a smaller batch but not there, exactly on
+        the boundary, is ``success=False``). A sample whose iterate or logits
+        become NaN or inf stops there and is returned at ``x``, ``success=False``.
 
     Cost per iteration, for the samples not yet flipped only (flipped samples
     leave the batch): one forward pass, and ``K - 1`` backward passes at the
-    first iteration, ``refresh`` at the later ones.
+    first iteration, ``refresh`` at the later ones; one more forward pass of
+    the whole batch judges the result.
 
     Example::
 
@@ -106,47 +105,67 @@ def deepfool(
         rho = metrics.rho_adv(x, res.perturbation, p=float("inf"))
     """
     p = norms.check_p(p)
-    check_inputs(x, clip)
-    _check_options(overshoot, max_iter, candidates, step_margin, min_progress, refresh)
+    x, clip = check_inputs(x, clip)
+    overshoot = checks.number(overshoot, "overshoot", low=0)
+    max_iter = checks.integer(max_iter, "max_iter", low=1)
+    candidates = checks.integer(candidates, "candidates", low=2)
+    step_margin = checks.number(step_margin, "step_margin", low=0)
+    min_progress = checks.number(min_progress, "min_progress", low=0, high=1)
+    refresh = checks.integer(refresh, "refresh", low=1, none=True)
+    trace = checks.flag(trace, "trace")
+    progress = checks.flag(progress, "progress")
     n = x.shape[0]
     scale = 1.0 + overshoot
     bar = tqdm(total=n, desc=f"DeepFool L{p:g}", disable=not progress, leave=False)
 
     with attacking(model):
-        x_adv = x.detach().clone()
+        x_adv = x.clone()
         iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+        failed = torch.zeros(n, dtype=torch.bool, device=x.device)
         # The samples not flipped yet, and their state: original input, iterate,
         # sum of steps, candidates, and each candidate's ||w'_k||_q from when it
         # was last computed. Flipped samples are written out and dropped.
         active = torch.arange(n, device=x.device)
-        x0, xi, r_tot = x.detach(), x.detach(), torch.zeros_like(x)
+        x0, xi, r_tot = x, x, torch.zeros_like(x)
+        rows = [x] if trace else None
         for i in range(max_iter + 1):
-            xa = xi.requires_grad_(True)
+            xa = xi.detach().requires_grad_(True)
             logits = logits_of(model, xa)
             if i == 0:
-                # The candidates are fixed by the original logits (the authors' code);
-                # column 0 is the original label.
+                label_orig, label, _ = start(logits, x, label=label, target=None)
+                # The candidates are fixed by the original logits (the authors'
+                # code); column 0 is the label moved away from, first even
+                # where logits tie (topk's order among ties is unspecified).
                 k = min(candidates, logits.shape[1])
-                cand = logits.detach().topk(k, dim=1).indices
-                label_orig = cand[:, 0].clone()
-                label_adv = label_orig.clone()
+                cand = logits.detach().scatter(1, label[:, None], math.inf).topk(k, dim=1).indices
                 wnorm = torch.zeros(n, k - 1, dtype=logits.dtype, device=x.device)
             pred = logits.argmax(dim=1).detach()
             flipped = pred != cand[:, 0]
+            # A NaN or inf iterate or logit ends the sample's attack, a failure.
+            broken = ~(finite_rows(logits.detach()) & finite_rows(xi.detach()))
+            if broken.any():
+                failed[active[broken]] = True
+                flipped &= ~broken
+                xi = torch.where(norms.per_sample(broken, xi), x0, xi.detach())
+            done_now = flipped | broken
+            if trace and i > 0:
+                row = rows[-1].clone()
+                row[active] = xi.detach()
+                rows.append(row)
             bar.update(int(flipped.sum()))
-            if i == max_iter or flipped.all():
+            if i == max_iter or done_now.all():
                 break
             # One forward pass serves both the success test and the gradients;
-            # the samples that flipped now are left out of the next one.
+            # the samples that finished now are left out of the next one.
             step, cols, wn = _step(
                 logits, xa, cand, wnorm, p=p, clip=clip, margin=step_margin,
                 min_progress=min_progress, refresh=None if i == 0 else refresh,
             )
             wnorm = wnorm.scatter(1, cols, wn)
-            if flipped.any():
-                done = active[flipped]
-                x_adv[done], label_adv[done], iterations[done] = xi.detach()[flipped], pred[flipped], i
-                keep = ~flipped
+            if done_now.any():
+                done = active[done_now]
+                x_adv[done], iterations[done] = xi.detach()[done_now], i
+                keep = ~done_now
                 active, x0, r_tot, cand, wnorm, step = (t[keep] for t in (active, x0, r_tot, cand, wnorm, step))
             r_tot = r_tot + step
             xi = x0 + scale * r_tot
@@ -155,18 +174,14 @@ def deepfool(
                 # Keep r_tot what the returned point says it is, so the next
                 # step starts from the point it was linearised at.
                 r_tot = (xi - x0) / scale
-        x_adv[active], label_adv[active], iterations[active] = xi.detach(), pred, i
+        x_adv[active], iterations[active] = xi.detach(), i
     bar.close()
 
-    success = label_adv != label_orig
-    return AttackResult(
-        x_adv=x_adv,
-        perturbation=x_adv - x,
-        success=success,
-        iterations=iterations,
-        label_orig=label_orig,
-        label_adv=label_adv,
-    )
+    with attacking(model):
+        return judged(
+            model, x, x_adv, clip=clip, label_orig=label_orig, label=label, iterations=iterations, failed=failed,
+            trace={"x": torch.stack(rows)} if trace else None,
+        )
 
 
 def _step(

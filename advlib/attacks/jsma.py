@@ -10,16 +10,28 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ._common import AttackResult, Box, attacking, check_inputs, check_labels, judged, logits_of
+from .. import checks
+from ._common import AttackResult, Box, attacking, begin, check_inputs, finite_rows, judged, logits_of
+
+SPACES = ("logits", "probs")
 
 
-def _check_options(theta: float, gamma: float, chunk: int) -> None:
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not math.isfinite(theta) or theta == 0:
-        raise ValueError(f"theta must be a finite non-zero number, got {theta!r}")
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (0 < gamma <= 1):
-        raise ValueError(f"gamma must be a number in (0, 1], got {gamma!r}")
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
+def forward_derivatives(logits: Tensor, x: Tensor, target: Tensor, space: str) -> tuple[Tensor, Tensor]:
+    """The forward derivative the saliency map is made of, per sample of the
+    graph ``logits = f(x)``: ``alpha = grad_x F_t`` and ``beta = grad_x
+    sum_{j != t} F_j``, with ``F`` the logits (``space="logits"``) or the
+    softmax probabilities (``"probs"``, Papernot et al.'s setting). Two
+    batched backward calls for the whole batch.
+
+    On probabilities ``sum_j F_j = 1``, so ``beta = -alpha`` (up to rounding)
+    and the saliency of a pair is ``alpha_pq^2`` where ``alpha_pq > 0``; and a
+    saturated softmax (defensive distillation) makes ``alpha`` vanish."""
+    out = logits.softmax(dim=1) if space == "probs" else logits
+    f_t = out.gather(1, target[:, None]).squeeze(1)
+    f_rest = out.sum(dim=1) - f_t
+    (alpha,) = torch.autograd.grad(f_t.sum(), x, retain_graph=True)
+    (beta,) = torch.autograd.grad(f_rest.sum(), x)
+    return alpha, beta
 
 
 def _best_pair(alpha: Tensor, beta: Tensor, domain: Tensor, increase: bool, chunk: int):
@@ -60,10 +72,11 @@ def _best_pair(alpha: Tensor, beta: Tensor, domain: Tensor, increase: bool, chun
 def jsma(
     model: nn.Module,
     x: Tensor,
-    target: Tensor,
     *,
+    target: Tensor,
     theta: float = 1.0,
     gamma: float = 0.1,
+    space: str = "logits",
     clip: Box = (0.0, 1.0),
     chunk: int = 64,
     progress: bool = False,
@@ -71,9 +84,9 @@ def jsma(
     """Papernot et al.'s Jacobian saliency map attack (JSMA), targeted, L0.
 
     Changes few input features, two at a time, towards ``target``. At each
-    iteration, from the forward derivative of the logits ``f``:
-    ``alpha = grad_x f_t`` and ``beta = grad_x sum_{j != t} f_j`` (two batched
-    backward calls for the whole batch); the pair ``(p, q)`` of the search
+    iteration, from the forward derivative of ``F``, the logits or the
+    softmax probabilities (``space``): ``alpha = grad_x F_t`` and
+    ``beta = grad_x sum_{j != t} F_j`` (:func:`forward_derivatives`); the pair ``(p, q)`` of the search
     domain maximising ``alpha_pq * |beta_pq|`` with ``alpha_pq > 0`` and
     ``beta_pq < 0`` (``alpha_pq = alpha_p + alpha_q``, likewise ``beta``) is
     changed by ``theta`` (clipped to the box) and removed from the domain.
@@ -98,8 +111,13 @@ def jsma(
         target: ``[N]`` target classes.
         theta: change of a selected feature (paper: +1, i.e. set to the top
             of the box; negative values decrease features).
-        gamma: the largest fraction of features changed (cleverhans: 0.1;
-            the paper reports 14.5% on MNIST).
+        gamma: the largest fraction of features changed, in (0, 1]
+            (cleverhans: 0.1; the paper reports 14.5% on MNIST).
+        space: ``"logits"``: the saliency map of the logits (cleverhans'
+            default, robust to a saturated softmax); ``"probs"``: of the
+            softmax probabilities, Papernot et al.'s setting, which defensive
+            distillation defeats (its trained network's softmax saturates, so
+            the probabilities' gradients vanish).
         clip: the box ``(lo, hi)``, or ``None`` (then every feature starts in
             the domain and nothing is clipped).
         chunk: rows of the pair search per block (memory ``batch * chunk * n``).
@@ -107,17 +125,26 @@ def jsma(
 
     Returns:
         :class:`AttackResult`; ``x_adv`` ``[N, ...]`` differs from ``x`` in at
-        most ``2 * iterations <= gamma * n`` features; ``iterations`` is the
-        number of pair updates. A sample whose label already is ``target``
-        is returned unchanged with ``success = True``.
+        most ``2 * iterations <= gamma * n`` features; ``iterations`` as in
+        :class:`AttackResult`: one iteration is one pair update, counted until
+        the sample reached its target or stopped. A sample whose label
+        already is ``target`` is returned unchanged with ``success = True``
+        (0 iterations); one whose logits or derivatives become NaN or inf
+        stops there and is returned at ``x``, ``success = False``.
 
     Example::
 
-        res = jsma(model, x, target=(y + 1) % 10)
+        res = jsma(model, x, target=attacks.least_likely(model, x))
         changed = (res.perturbation != 0).flatten(1).sum(1)
     """
-    check_inputs(x, clip)
-    _check_options(theta, gamma, chunk)
+    x, clip = check_inputs(x, clip)
+    theta = checks.number(theta, "theta")
+    if theta == 0:
+        raise ValueError("theta must be a finite non-zero number (the change of a feature), got 0.0")
+    gamma = checks.number(gamma, "gamma", low=0, high=1, low_open=True)
+    space = checks.choice(space, "space", SPACES)
+    chunk = checks.integer(chunk, "chunk", low=1)
+    progress = checks.flag(progress, "progress")
     n, shape = x.shape[0], x.shape[1:]
     n_feat = x[0].numel()
     max_iter = math.floor(gamma * n_feat / 2)
@@ -128,12 +155,10 @@ def jsma(
     increase = theta > 0
 
     with attacking(model):
-        with torch.no_grad():
-            logits0 = logits_of(model, x)
-        label_orig = logits0.argmax(dim=1)
-        target = check_labels(target, x, logits0.shape[1], "target")
+        _, label_orig, _, target = begin(model, x, label=None, target=target, targeted_only=True)
 
-        x_adv = x.detach().flatten(1).clone()
+        x_adv = x.flatten(1).clone()
+        failed = torch.zeros(n, dtype=torch.bool, device=x.device)
         if clip is None:
             domain = torch.ones_like(x_adv, dtype=torch.bool)
         else:
@@ -148,19 +173,20 @@ def jsma(
             xa = x_adv[active].view(-1, *shape).requires_grad_(True)
             logits = logits_of(model, xa)
             todo = logits.argmax(dim=1) != target[active]
-            if i == max_iter or not todo.any():
+            sick = ~finite_rows(logits.detach())
+            if i == max_iter or not (todo & ~sick).any():
+                failed[active[sick]] = True
                 break
-            # Rows that reached the target get zero seeds: their gradients are
-            # not needed, and the sums keep one backward call per quantity.
-            t = target[active]
-            f_t = logits.gather(1, t[:, None]).squeeze(1) * todo
-            f_rest = (logits.sum(dim=1) - logits.gather(1, t[:, None]).squeeze(1)) * todo
-            (alpha,) = torch.autograd.grad(f_t.sum(), xa, retain_graph=True)
-            (beta,) = torch.autograd.grad(f_rest.sum(), xa)
+            # Only the rows still on their way: the others' gradients are not needed.
+            alpha, beta = forward_derivatives(logits[todo], xa, target[active][todo], space)
+            alpha, beta = alpha[todo], beta[todo]
             idx = active[todo]
-            p, q, found = _best_pair(
-                alpha[todo].flatten(1), beta[todo].flatten(1), domain[idx], increase, chunk
-            )
+            # NaN or inf: the sample stops, a failure.
+            sick = ~(finite_rows(logits.detach()[todo]) & finite_rows(alpha) & finite_rows(beta))
+            if sick.any():
+                failed[idx[sick]] = True
+                idx, alpha, beta = idx[~sick], alpha[~sick], beta[~sick]
+            p, q, found = _best_pair(alpha.flatten(1), beta.flatten(1), domain[idx], increase, chunk)
             # A sample with no admissible pair cannot go on: it leaves, unfinished.
             idx, p, q = idx[found], p[found], q[found]
             for feat in (p, q):
@@ -174,4 +200,7 @@ def jsma(
             bar.update(1)
         bar.close()
 
-        return judged(model, x, x_adv.view_as(x), label_orig=label_orig, iterations=iterations, target=target)
+        return judged(
+            model, x, x_adv.view_as(x), clip=clip, label_orig=label_orig, iterations=iterations, target=target,
+            failed=failed,
+        )

@@ -13,22 +13,12 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .. import checks
 from ._common import (
-    AttackResult, Box, attacking, best_of_targets, check_best_of, check_inputs, check_labels, judged, logits_of,
-    project_box,
+    AttackResult, Box, attacking, begin, best_of_targets, check_best_of, check_inputs, finite_rows, judged, logits_of,
+    project_box, stack_rows, trace_row,
 )
-
-# The exponential phase of the search on c multiplies or divides by this.
-_C_FACTOR = 10.0
-
-
-def _check_options(c_init: float, search_steps: int, max_iter: int) -> None:
-    if isinstance(c_init, bool) or not isinstance(c_init, (int, float)) or not (0 < c_init < math.inf):
-        raise ValueError(f"c_init must be a finite number > 0, got {c_init!r}")
-    if isinstance(search_steps, bool) or not isinstance(search_steps, int) or search_steps < 1:
-        raise ValueError(f"search_steps must be an integer >= 1, got {search_steps!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+from .penalty import PenaltySearch
 
 
 def _loss(logits: Tensor, goal: Tensor, targeted: bool) -> Tensor:
@@ -48,16 +38,24 @@ def _loss(logits: Tensor, goal: Tensor, targeted: bool) -> Tensor:
 
 def _solve(model: nn.Module, x: Tensor, goal: Tensor, c: Tensor, targeted: bool, clip: Box, max_iter: int):
     """One L-BFGS-B run on ``sum_i c_i ||z_i - x_i||^2 + loss_i(z_i)`` over the
-    whole batch ``z`` (one separable problem). Returns the minimiser (in x's
-    dtype and device) and the number of L-BFGS-B iterations."""
+    whole batch ``z`` (one separable problem).
+
+    Returns the minimiser (in x's dtype and device), the number of L-BFGS-B
+    iterations, its exit status (0 converged, 1 iteration or evaluation
+    limit, 2 stopped abnormally, e.g. a line search that found no decrease),
+    and the samples (bool [A]) whose loss or gradient was NaN or inf at some
+    evaluation: one such sample makes the summed objective NaN and stops the
+    run for the whole batch, so the caller drops them and solves again."""
     shape, dtype, device = x.shape, x.dtype, x.device
     x64 = x.detach().to("cpu", torch.float64).numpy().ravel().copy()
     c64 = np.repeat(c.detach().to("cpu", torch.float64).numpy(), x64.size // shape[0])
+    poisoned = torch.zeros(shape[0], dtype=torch.bool, device=device)
 
     def fun(z: np.ndarray) -> tuple[float, np.ndarray]:
         zt = torch.tensor(z, dtype=dtype, device=device).view(shape).requires_grad_(True)
         loss = _loss(logits_of(model, zt), goal, targeted)
         (g,) = torch.autograd.grad(loss.sum(), zt)
+        poisoned.logical_or_(~(torch.isfinite(loss.detach()) & finite_rows(g)))
         # The distance term and its gradient are exact in float64 whatever the
         # model's dtype: a float32 objective makes L-BFGS-B's line search fail
         # on rounding noise long before it converges.
@@ -77,17 +75,14 @@ def _solve(model: nn.Module, x: Tensor, goal: Tensor, c: Tensor, targeted: bool,
             options={"maxiter": max_iter, "ftol": 1e-12, "gtol": 1e-8},
         )
     z = torch.tensor(res.x, dtype=dtype, device=device).view(shape)
-    return project_box(z, clip), int(res.nit)
-
-
-def _stack(rows: list[Tensor], n: int, device: torch.device) -> Tensor:
-    return torch.stack(rows) if rows else torch.empty(0, n, dtype=torch.float64, device=device)
+    return project_box(z, clip), int(res.nit), int(res.status), poisoned
 
 
 def lbfgs(
     model: nn.Module,
     x: Tensor,
     *,
+    label: Tensor | None = None,
     target: Tensor | None = None,
     c_init: float = 1.0,
     search_steps: int = 12,
@@ -104,13 +99,16 @@ def lbfgs(
     "still adversarial"; a larger ``c`` weighs the distance more, so the search
     looks for the *largest* such ``c`` (the smallest perturbation): from
     ``c_init``, multiply by 10 while the minimiser is adversarial (divide by
-    10 while it is not) until the two are bracketed, then bisect in log space.
+    10 while it is not) until the two are bracketed, then bisect in log space
+    (:class:`~advlib.attacks.penalty.PenaltySearch` on the loss weight ``1/c``,
+    the search C&W's attack uses too).
     The paper writes ``c|r|``; we use the squared norm, smooth at ``r = 0``
     (as cleverhans does), which changes the ``c`` found but not the search.
 
-    Loss: targeted, ``CE(softmax(f(x + r)), target)`` (REFERENCE.md sec. 2);
-    untargeted, ``-log(1 - softmax_y(f(x + r)))`` with ``y`` the model's label of
-    ``x``, computed stably as ``logsumexp_j f_j - logsumexp_{j != y} f_j``: it
+    Loss: targeted, ``CE(softmax(f(x + r)), target)`` (the paper's
+    ``loss_f(x + r, l)``); untargeted, ``-log(1 - softmax_y(f(x + r)))`` with
+    ``y = label`` (default the model's label of ``x``), computed stably as
+    ``logsumexp_j f_j - logsumexp_{j != y} f_j``: it
     is bounded below by 0, whereas ``-CE(y)`` is unbounded.
 
     The box constraint is handled by ``scipy.optimize.minimize(method="L-BFGS-B")``.
@@ -138,9 +136,10 @@ def lbfgs(
         model: classifier returning logits ``[N, C]`` (``[N, 1]`` for a binary
             model). Evaluated in eval mode and handed back unchanged.
         x: inputs ``[N, ...]``, floating point, inside ``clip``.
-        target: ``[N]`` class indices for a targeted attack, or ``None`` for an
-            untargeted one (away from the model's label of ``x``).
-        c_init: the first ``c`` of every sample. The paper gives no value;
+        label: untargeted, ``[N]`` the labels to move away from (default: the
+            model's labels of ``x``).
+        target: ``[N]`` class indices for a targeted attack (not with ``label``).
+        c_init: the first ``c`` of every sample (finite, > 0). The paper gives no value;
             the ``c`` found ranges from about 0.1 to 1000 over our models.
         search_steps: L-BFGS-B runs per sample (exponential phase + bisection).
             The paper gives no value; once the bracket ``[c, 10c]`` is found,
@@ -152,7 +151,7 @@ def lbfgs(
         clip: the box ``(low, high)`` (the paper's ``[0, 1]^n``), or ``None``
             for plain, unconstrained L-BFGS.
         best_of: untargeted only: run the targeted attack towards each of the
-            ``best_of`` classes of highest logit after the model's label (all
+            ``best_of`` classes of highest logit other than ``label`` (all
             in one batch) and keep each sample's smallest successful
             perturbation; ``best_of = classes - 1`` tries every class. Costs
             ``best_of`` attacks. ``None``: the untargeted loss above.
@@ -162,85 +161,102 @@ def lbfgs(
         :class:`AttackResult`; ``x_adv`` ``[N, ...]`` is the smallest-L2
         successful minimiser found; a sample for which no ``c`` succeeded is
         returned unchanged (``perturbation = 0``, ``success = False``).
-        ``iterations`` is the total number of L-BFGS-B iterations of the runs
-        the sample took part in (each iteration costs one or a few batched
-        function evaluations). ``trace["c"]`` ``[runs, N]`` is the ``c`` each
-        sample was run with (NaN for a sample that needed no run), ``trace["success"]``
-        (1.0/0.0/NaN) whether that run's minimiser was adversarial.
+        ``iterations`` as in :class:`AttackResult`: one iteration is one
+        L-BFGS-B iteration (one or a few batched function evaluations), summed
+        over the runs the sample took part in. ``trace["c"]`` ``[runs, N]`` is
+        the ``c`` each sample was run with (NaN for a sample that took no
+        part), ``trace["success"]`` (1.0/0.0/NaN) whether that run's minimiser
+        was adversarial, ``trace["status"]`` L-BFGS-B's exit status of the run
+        (0 converged, 1 iteration limit, 2 stopped abnormally, e.g. a line
+        search without decrease; the minimiser is judged all the same). A
+        sample whose loss or gradient turns NaN or inf stops the joint run
+        for all: it leaves the search (returned at ``x``, ``success=False``)
+        and the others are solved again without it.
 
     Example::
 
         res = lbfgs(model, x)
         rho = metrics.rho_adv(x, res.perturbation)
     """
-    check_inputs(x, clip)
-    _check_options(c_init, search_steps, max_iter)
-    check_best_of(best_of, target)
+    x, clip = check_inputs(x, clip)
+    c_init = checks.number(c_init, "c_init", low=0, low_open=True)
+    search_steps = checks.integer(search_steps, "search_steps", low=1)
+    max_iter = checks.integer(max_iter, "max_iter", low=1)
+    progress = checks.flag(progress, "progress")
+    best_of = check_best_of(best_of, target)
     if best_of is not None:
         def towards(xs: Tensor, ts: Tensor) -> AttackResult:
             return lbfgs(model, xs, target=ts, c_init=c_init, search_steps=search_steps, max_iter=max_iter,
                          clip=clip, progress=progress)
 
-        return best_of_targets(towards, model, x, best_of)
+        return best_of_targets(towards, model, x, best_of, label=label, clip=clip)
     n = x.shape[0]
     device = x.device
 
     with attacking(model):
-        with torch.no_grad():
-            logits0 = logits_of(model, x)
-        label_orig = logits0.argmax(dim=1)
+        _, label_orig, label, target = begin(model, x, label=label, target=target)
         targeted = target is not None
-        if targeted:
-            target = check_labels(target, x, logits0.shape[1], "target")
-        goal = target if targeted else label_orig
+        goal = target if targeted else label
 
-        x = x.detach()
         best = x.clone()
         best_norm = torch.full((n,), math.inf, dtype=torch.float64, device=device)
-        c = torch.full((n,), float(c_init), dtype=torch.float64, device=device)
-        c_ok = torch.zeros(n, dtype=torch.float64, device=device)  # largest c found adversarial
-        c_fail = torch.full((n,), math.inf, dtype=torch.float64, device=device)  # smallest c found not
+        # The search runs on the weight of the loss, 1 / c (the paper's c
+        # weighs the distance): the same search as C&W's, geometric because
+        # the c found spans orders of magnitude.
+        search = PenaltySearch(n, 1.0 / c_init, geometric=True, device=device)
+        failed = torch.zeros(n, dtype=torch.bool, device=device)
         iterations = torch.zeros(n, dtype=torch.long, device=device)
-        trace_c, trace_ok = [], []
+        trace_c, trace_ok, trace_status = [], [], []
 
-        # A targeted sample already in its target class needs no perturbation.
-        active = torch.arange(n, device=device)
-        if targeted:
-            already = label_orig == target
-            best_norm[already] = 0.0
-            active = active[~already]
+        # A sample already at its goal (its target, or not the given label) needs no perturbation.
+        already = label_orig == target if targeted else label_orig != label
+        best_norm[already] = 0.0
+        active = (~already).nonzero().squeeze(1)
 
         bar = tqdm(total=search_steps, desc="L-BFGS", disable=not progress, leave=False)
         for _ in range(search_steps):
+            active = active[~failed[active]]
             if active.numel() == 0:
                 break
-            xa = x[active]
-            z, nit = _solve(model, xa, goal[active], c[active], targeted, clip, max_iter)
-            iterations[active] += nit
+            c = 1.0 / search.c[active]
+            # A sample whose loss turns NaN or inf stops the joint run for all:
+            # it leaves the search (a failure) and the others are solved again.
+            while True:
+                xa = x[active]
+                z, nit, status, poisoned = _solve(model, xa, goal[active], c, targeted, clip, max_iter)
+                if not poisoned.any():
+                    iterations[active] += nit
+                    break
+                failed[active[poisoned]] = True
+                iterations[active[poisoned]] += nit
+                active, c = active[~poisoned], c[~poisoned]
+                if active.numel() == 0:
+                    break
+            if active.numel() == 0:
+                break
             with torch.no_grad():
-                pred = logits_of(model, z).argmax(dim=1)
-            ok = pred == goal[active] if targeted else pred != goal[active]
+                logits = logits_of(model, z)
+            pred = logits.argmax(dim=1)
+            ok = (pred == goal[active] if targeted else pred != goal[active]) & finite_rows(logits)
             dist = (z - xa).flatten(1).to(torch.float64).norm(dim=1)
             better = ok & (dist < best_norm[active])
             best[active[better]] = z[better]
             best_norm[active[better]] = dist[better]
 
-            ca = c[active]
-            trace_c.append(torch.full((n,), math.nan, dtype=torch.float64, device=device).index_put((active,), ca))
-            trace_ok.append(
-                torch.full((n,), math.nan, dtype=torch.float64, device=device).index_put((active,), ok.double())
-            )
-            c_ok[active] = torch.where(ok, torch.maximum(c_ok[active], ca), c_ok[active])
-            c_fail[active] = torch.where(ok, c_fail[active], torch.minimum(c_fail[active], ca))
-            lo, hi = c_ok[active], c_fail[active]
-            c[active] = torch.where(
-                torch.isinf(hi), ca * _C_FACTOR, torch.where(lo == 0, ca / _C_FACTOR, (lo * hi).sqrt())
-            )
+            trace_c.append(trace_row(n, active, c))
+            trace_ok.append(trace_row(n, active, ok.double()))
+            trace_status.append(trace_row(n, active, torch.full_like(c, float(status))))
+            search.update(active, ok)
             bar.update(1)
             bar.set_postfix(success=int(torch.isfinite(best_norm).sum()))
         bar.close()
 
         return judged(
-            model, x, project_box(best, clip), label_orig=label_orig, iterations=iterations, target=target,
-            trace={"c": _stack(trace_c, n, device), "success": _stack(trace_ok, n, device)},
+            model, x, best, clip=clip, label_orig=label_orig, iterations=iterations, target=target, label=label,
+            failed=failed,
+            trace={
+                "c": stack_rows(trace_c, n, device), "success": stack_rows(trace_ok, n, device),
+                "status": stack_rows(trace_status, n, device),
+            },
         )
+
