@@ -1,4 +1,4 @@
-"""The perturbation analysis of Ozbulak et al. (REFERENCE.md section 2): the
+"""The perturbation analysis of Ozbulak et al. (2020, Sec. IV): the
 three subspaces of Definition IV.1 and the approximation of the cross-entropy
 gradient in each (Theorem IV.2), for a targeted attack towards class ``t``.
 

@@ -1,5 +1,5 @@
 """The chapters read prose-first and stay thin: the protocol lives in
-advlib.experiments, a notebook only shows it (see STYLE.md, "In this project").
+advlib.experiments, a notebook only shows it (the shape of every chapter).
 
 Source checks run in the unit tests; the checks on executed outputs are
 claims-marked, because they read what the book build wrote."""

@@ -6,7 +6,7 @@ import math
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars (to stderr): tqdm.auto warns in notebooks without ipywidgets
 
 from .. import checks, norms
 from ._common import AttackResult, Box, attacking, check_inputs, finite_rows, judged, logits_of, start

@@ -8,7 +8,7 @@ import math
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars (to stderr): tqdm.auto warns in notebooks without ipywidgets
 
 from .. import checks, norms
 from .. import losses as _losses

@@ -11,7 +11,7 @@ import torch
 from scipy.optimize import Bounds, minimize
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars (to stderr): tqdm.auto warns in notebooks without ipywidgets
 
 from .. import checks
 from ._common import (
