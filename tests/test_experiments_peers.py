@@ -1,0 +1,99 @@
+"""advlib.experiments.peers on a tiny network: the structure of the table, and
+success and sizes recomputed from the returned points, whatever the library."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from advlib import data, peers, train
+from advlib.experiments import peers as chapter
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    config = train.TrainConfig("fc500-150-10", "digits", epochs=2, lr=0.05)
+    return train.trained(config, cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def result(tiny):
+    return chapter.run(
+        dataset="digits", n_images=8, repeats=2, attack_names=("deepfool_l2", "fgsm", "jsma"),
+        libraries=("advlib", "Foolbox 3", "torchattacks"), rows=("LeNet (MNIST)",),
+        models={"LeNet (MNIST)": tiny},
+    )
+
+
+def test_every_library_and_attack_has_a_row(result):
+    row = result["rows"]["LeNet (MNIST)"]
+    assert row["n_images"] == 8
+    assert set(row["attacks"]) == {"deepfool_l2", "fgsm", "jsma"}
+    for attack, libs in row["attacks"].items():
+        assert set(libs) == {"advlib", "Foolbox 3", "torchattacks"}
+    assert not row["attacks"]["jsma"]["Foolbox 3"]["ran"]  # Foolbox has no JSMA
+    assert "no JSMA" in row["attacks"]["jsma"]["Foolbox 3"]["reason"]
+
+
+def test_ran_rows_carry_times_success_and_sizes(result):
+    for libs in result["rows"]["LeNet (MNIST)"]["attacks"].values():
+        for r in libs.values():
+            if r["ran"]:
+                assert r["seconds"] > 0 and math.isclose(r["images_per_s"], r["n_images"] / r["seconds"])
+                assert 0 <= r["success_rate"] <= 1 and 1 <= r["runs"] <= 2 and 1 <= r["n_images"] <= 8
+                assert r["outside_box"] == 0 and r["non_finite"] == 0
+
+
+def test_judge_recomputes_success_and_sizes():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.eye(2))
+    x = torch.tensor([[0.6, 0.4], [0.6, 0.4]])
+    y = torch.tensor([0, 0])
+    x_adv = torch.tensor([[0.4, 0.6], [0.6, 0.4]])  # the first crosses, the second does not
+    out = chapter.judge(model, x, y, x_adv, "deepfool_l2")
+    assert out["success_rate"] == 0.5
+    assert math.isclose(out["median_size"], math.sqrt(0.08), rel_tol=1e-6)
+    out = chapter.judge(model, x, y, torch.tensor([[0.4, 1.6], [0.6, 0.4]]), "deepfool_l2")
+    assert out["success_rate"] == 0 and out["outside_box"] == 1  # outside the box is no success
+    out = chapter.judge(model, x, y, x_adv, "jsma", target=torch.tensor([1, 1]))
+    assert out["success_rate"] == 0.5 and out["median_size"] == 1.0  # both features changed
+
+
+def test_ratios_and_claims_follow_from_the_numbers(result):
+    for key, r in result["ratios"].items():
+        row, attack = key.split(" / ")
+        libs = result["rows"][row]["attacks"][attack]
+        assert math.isclose(r["speed"], libs["advlib"]["images_per_s"] / libs[r["fastest_peer"]]["images_per_s"])
+    c = result["claims"]["success_at_least_the_best_peer"]
+    assert c["holds"] == all(v["advlib"] >= v["best_peer"] - 0.01 for v in c["cases"].values())
+
+
+def test_a_missing_library_is_a_row_not_a_crash(tiny, monkeypatch):
+    real = peers._import
+
+    def fake(module, library):
+        if library == "torchattacks":
+            raise peers.NotInstalled("torchattacks is not installed here (test)")
+        return real(module, library)
+
+    monkeypatch.setattr(peers, "_import", fake)
+    out = chapter.run(dataset="digits", n_images=4, repeats=1, attack_names=("fgsm",), libraries=("advlib", "torchattacks"),
+                      rows=("LeNet (MNIST)",), models={"LeNet (MNIST)": tiny})
+    assert out["rows"]["LeNet (MNIST)"]["attacks"]["fgsm"]["torchattacks"] == {"ran": False, "reason": "torchattacks is not installed here (test)"}
+
+
+def test_bad_options_are_refused(tiny):
+    with pytest.raises(ValueError, match="attack_names"):
+        chapter.run(attack_names=("nope",), models={"LeNet (MNIST)": tiny})
+    with pytest.raises(ValueError, match="advlib"):
+        chapter.run(libraries=("Foolbox 3",), models={"LeNet (MNIST)": tiny})
+    assert chapter.datasets({"dataset": "digits"}) == {"digits"}
+
+
+def test_sizes_are_compared_on_the_images_both_fooled():
+    mine, theirs = chapter._common_medians([1.0, None, 3.0, 5.0], [2.0, 2.0, None])
+    assert (mine, theirs) == (1.0, 2.0)
+    assert chapter._common_medians([None], [1.0]) == (None, None)
