@@ -278,12 +278,49 @@ def mlp2d(hidden: int = 32, num_classes: int = 2, *, in_shape: Sequence[int] = (
     return nn.Sequential(nn.Linear(shape[0], hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
 
+def mlp(in_shape: Sequence[int] = (1, 8, 8), num_classes: int = 10, *, hidden: int = 32, depth: int = 2) -> nn.Sequential:
+    """A fully connected ReLU network: flatten, ``depth`` hidden layers of
+    ``hidden`` ReLU units each, ``num_classes`` logits. The default on the
+    8x8 digits is the 64-32-32-10 network whose exact minimal perturbations
+    :mod:`advlib.exact` computes (the chapter "How close to optimal?").
+
+    Only ``Flatten``, ``Linear`` and ``ReLU`` layers, so the network is a
+    piecewise affine function that a mixed-integer program can state exactly.
+    The widths are two integers rather than a list so that the recipe stays a
+    flat set of options the training cache can key on.
+
+    Args:
+        in_shape: ``(C, H, W)`` (or any shape) of one input; it is flattened.
+        num_classes: number of logits.
+        hidden: ReLU units in each hidden layer.
+        depth: number of hidden layers (0 gives an affine model).
+
+    Example:
+        >>> model = mlp((1, 8, 8), 10, hidden=32, depth=2)  # 64-32-32-10
+        >>> model(torch.rand(4, 1, 8, 8)).shape  # torch.Size([4, 10])
+    """
+    shape = tuple(in_shape) if isinstance(in_shape, (tuple, list)) else None
+    if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape):
+        raise ValueError(f"mlp: in_shape must be a tuple of positive integers, got {in_shape!r}")
+    _check_positive(num_classes, "num_classes", "mlp", 2)
+    _check_positive(hidden, "hidden", "mlp")
+    _check_positive(depth, "depth", "mlp", 0)
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = math.prod(shape)
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "fc500-150-10": fc500_150_10,
     "lenet": lenet,
     "lenet-cifar": lenet_cifar,
     "nin-small": nin_small,
     "mlp2d": mlp2d,
+    "mlp": mlp,
 }
 
 

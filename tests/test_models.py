@@ -7,18 +7,20 @@ from advlib import models
 
 # (arch, in_shape, num_classes, parameters): the counts pin the layer sizes -
 # 431,080 is Caffe's MNIST LeNet, 145,578 Caffe's cifar10_quick with its 4x4
-# last map (round-up pooling), 469,160 the 784-500-150-10 network.
+# last map (round-up pooling), 469,160 the 784-500-150-10 network, 3,466 the
+# 64-32-32-10 network of the optimality chapter.
 CASES = [
     ("fc500-150-10", (1, 28, 28), 10, 469_160),
     ("lenet", (1, 28, 28), 10, 431_080),
     ("lenet-cifar", (3, 32, 32), 10, 145_578),
     ("nin-small", (3, 32, 32), 10, None),
     ("mlp2d", (2,), 2, None),
+    ("mlp", (1, 8, 8), 10, 3_466),
 ]
 
 
 def test_registry_names():
-    assert list(models.ARCHITECTURES) == ["fc500-150-10", "lenet", "lenet-cifar", "nin-small", "mlp2d"]
+    assert list(models.ARCHITECTURES) == ["fc500-150-10", "lenet", "lenet-cifar", "nin-small", "mlp2d", "mlp"]
 
 
 @pytest.mark.parametrize("arch, in_shape, num_classes, n_params", CASES)
@@ -63,6 +65,16 @@ def test_other_shapes_and_options():
     assert models.lenet(in_shape=(1, 15, 15))(torch.rand(1, 1, 15, 15)).shape == (1, 10)
 
 
+def test_mlp_is_flatten_then_linear_relu():
+    """advlib.exact reads the network layer by layer: only Flatten, Linear, ReLU."""
+    model = models.build("mlp", (1, 8, 8), 10, hidden=16, depth=3)
+    kinds = [type(m).__name__ for m in model]
+    assert kinds == ["Flatten"] + ["Linear", "ReLU"] * 3 + ["Linear"]
+    assert [m.out_features for m in model if isinstance(m, torch.nn.Linear)] == [16, 16, 16, 10]
+    affine = models.mlp((3,), 2, depth=0)
+    assert [type(m).__name__ for m in affine] == ["Flatten", "Linear"]
+
+
 def test_nin_has_no_fully_connected_layer():
     model = models.nin_small()
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
@@ -91,6 +103,9 @@ def test_lenet_too_small_input():
         (lambda: models.nin_small(width=0), "width"),
         (lambda: models.nin_small(dropout=1.0), "dropout"),
         (lambda: models.mlp2d(hidden=0), "hidden"),
+        (lambda: models.mlp(hidden=0), "mlp: hidden must be an integer >= 1"),
+        (lambda: models.mlp(depth=-1), "mlp: depth must be an integer >= 0"),
+        (lambda: models.mlp(in_shape=(0, 8)), "mlp: in_shape"),
     ],
 )
 def test_bad_arguments(call, message):
