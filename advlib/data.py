@@ -20,6 +20,7 @@ import codecs
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import tarfile
@@ -32,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from . import checks
 
 NAMES = ("digits", "fashion-mnist", "mnist", "cifar10", "circles")
 # Derived sets: name -> the grey 28x28 set as_rgb32 is applied to.
@@ -179,11 +182,9 @@ def load(
     """
     if name in RGB32:
         return as_rgb32(load(RGB32[name], split, root=root, limit=limit, **options))
-    if name not in NAMES:
-        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join((*NAMES, *RGB32))}")
+    checks.choice(name, "name", (*NAMES, *RGB32))
     _check_split(split)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be None or a positive int, got {limit!r}")
+    limit = checks.integer(limit, "limit", low=1, none=True)
     unknown = sorted(set(options) - set(_OPTIONS[name]))
     if unknown:
         allowed = ", ".join(f"{k}={v!r}" for k, v in _OPTIONS[name].items()) or "none"
@@ -253,7 +254,6 @@ def first_correct(model, dataset: Dataset, n: int | None, *, batch_size: int = 1
 
         x = first_correct(model, load("digits", "test"), 40).x
     """
-    from . import checks
     from .train import predict  # train imports data: imported here
 
     if not isinstance(dataset, Dataset):
@@ -287,8 +287,7 @@ def data_dirs(name: str, root: str | os.PathLike | None = None) -> list[Path]:
     ``root`` if given, else ``$ADVLIB_DATA/<name>``, else ``./data/<name>``;
     then ``/usr/share/datasets/<name>``. Empty for the built-in sets.
     """
-    if name not in NAMES:
-        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(NAMES)}")
+    checks.choice(name, "name", NAMES)
     if name in ("digits", "circles"):
         return []
     if root is not None:
@@ -313,8 +312,7 @@ def _load_digits(split: str, size: int | None) -> tuple[np.ndarray, np.ndarray, 
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    if size not in (None, 8, 28):
-        raise ValueError(f"digits: size must be None (8x8), 8 or 28, got {size!r}")
+    checks.choice(size, "size", (None, 8, 28))  # None is 8x8
     bunch = load_digits()
     x = (bunch.images / 16.0).astype(np.float32)[:, None]  # [N, 1, 8, 8]
     x_tr, x_te, y_tr, y_te = train_test_split(x, bunch.target, test_size=0.25, stratify=bunch.target, random_state=0)
@@ -336,6 +334,10 @@ def _load_circles(
     from sklearn.datasets import make_circles
     from sklearn.model_selection import train_test_split
 
+    n_samples = checks.integer(n_samples, "n_samples", low=8)  # enough for a stratified 25% test split
+    noise = checks.number(noise, "noise", low=0)
+    factor = checks.number(factor, "factor", low=0, high=1, low_open=True, high_open=True)
+    seed = checks.integer(seed, "seed", low=0)
     pts, labels = make_circles(n_samples=n_samples, noise=noise, factor=factor, random_state=seed)
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     pts = (pts - (lo + hi) / 2) / (hi - lo).max() + 0.5
@@ -351,6 +353,10 @@ def _md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
+_INT64_MAX = 2**63 - 1
+_CHUNK = 1 << 20
+
+
 def read_idx(path: str | os.PathLike, *, ndim: int, md5: Collection[str] = ()) -> np.ndarray:
     """Read one IDX file of unsigned bytes (gzipped if its name ends in .gz).
 
@@ -358,37 +364,64 @@ def read_idx(path: str | os.PathLike, *, ndim: int, md5: Collection[str] = ()) -
     dimensions imply, and, if ``md5`` is non-empty, that the MD5 of the file
     as stored or of its decompressed content is one of ``md5``. Any failure
     raises :class:`CorruptDataError` naming the file.
+
+    The header's dimensions are multiplied as Python integers (no silent
+    wrap-around) and checked against what the file really holds before
+    anything of that size is allocated: a gzip is decompressed in chunks and
+    only up to the length the header announces, plus one byte to notice
+    trailing data, so a lying header cannot make the reader allocate it.
     """
     if isinstance(md5, str):  # one digest, not a collection of its characters
         md5 = (md5,)
+    ndim = checks.integer(ndim, "ndim", low=1, high=255)
     path = Path(path)
     stored = path.read_bytes()
-    data = stored
-    if path.suffix == ".gz":
-        try:
-            data = gzip.decompress(stored)
-        except (OSError, EOFError, zlib.error) as err:
-            raise CorruptDataError(f"{path}: not a complete gzip file ({err})") from err
-    if md5 and _md5(stored) not in md5 and _md5(data) not in md5:
+    gz = path.suffix == ".gz"
+    stream = gzip.GzipFile(fileobj=io.BytesIO(stored)) if gz else io.BytesIO(stored)
+    header = 4 + 4 * ndim
+    try:
+        head = stream.read(header)
+        if len(head) < header:
+            raise CorruptDataError(f"{path}: {len(head)} bytes, shorter than the {header}-byte IDX header")
+        if head[:4] != bytes([0, 0, 0x08, ndim]):
+            raise CorruptDataError(
+                f"{path}: magic number 0x{head[:4].hex()}, expected 0x{bytes([0, 0, 8, ndim]).hex()} "
+                f"(unsigned bytes, {ndim} dimension{'s' * (ndim > 1)})"
+            )
+        dims = tuple(int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+        count = math.prod(dims)  # a Python int: exact, however large
+        if header + count > _INT64_MAX:  # unsigned fields: the count is never negative
+            raise CorruptDataError(f"{path}: dimensions {dims} need {header + count} bytes, beyond a 64-bit size")
+        if not gz and header + count != len(stored):
+            # the real size is known without reading anything more
+            problem = "truncated" if len(stored) < header + count else "has trailing bytes"
+            raise CorruptDataError(
+                f"{path}: {problem}: dimensions {dims} need {header + count} bytes, found {len(stored)}"
+            )
+        chunks, have = [], 0
+        while have <= count:  # read at most count + 1 bytes: the +1 reveals trailing data
+            chunk = stream.read(min(_CHUNK, count + 1 - have))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            have += len(chunk)
+    except (OSError, EOFError, zlib.error) as err:
+        raise CorruptDataError(f"{path}: not a complete gzip file ({err})") from err
+    body = b"".join(chunks)
+    content_md5 = hashlib.md5(head)
+    content_md5.update(body)
+    if md5 and _md5(stored) not in md5 and content_md5.hexdigest() not in md5:
         raise CorruptDataError(
-            f"{path}: MD5 {_md5(stored)} (content {_md5(data)}) is not the published "
+            f"{path}: MD5 {_md5(stored)} (content {content_md5.hexdigest()}) is not the published "
             f"{' or '.join(sorted(md5))}; the file is damaged or not the standard release. "
             "Fetch it again, or pass verify=False for files that are knowingly different."
         )
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise CorruptDataError(f"{path}: {len(data)} bytes, shorter than the {header}-byte IDX header")
-    if data[:4] != bytes([0, 0, 0x08, ndim]):
-        raise CorruptDataError(
-            f"{path}: magic number 0x{data[:4].hex()}, expected 0x{bytes([0, 0, 8, ndim]).hex()} "
-            f"(unsigned bytes, {ndim} dimension{'s' * (ndim > 1)})"
-        )
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(dims))
-    if len(data) != expected:
-        problem = "truncated" if len(data) < expected else "has trailing bytes"
-        raise CorruptDataError(f"{path}: {problem}: dimensions {dims} need {expected} bytes, found {len(data)}")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    if len(body) != count:
+        found = header + len(body)
+        problem = "truncated" if len(body) < count else "has trailing bytes"
+        raise CorruptDataError(f"{path}: {problem}: dimensions {dims} need {header + count} bytes, found {found}"
+                               + (" or more" if len(body) > count else ""))
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
 def _idx_stems(split: str) -> tuple[str, str]:
@@ -404,8 +437,7 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 
 
 def _load_idx_set(name: str, split: str, root, verify: bool) -> tuple[np.ndarray, np.ndarray, str]:
-    if not isinstance(verify, bool):
-        raise TypeError(f"verify must be True or False, got {verify!r}")
+    checks.flag(verify, "verify")
     stems = _idx_stems(split)
 
     def locate() -> tuple[Path, Path] | None:
@@ -479,8 +511,7 @@ def _read_batch(blob: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose 'train' or 'test'")
+    checks.choice(split, "split", SPLITS)
 
 
 def _concat(batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,22 +1,26 @@
 """Training, evaluation, and the cache of trained models.
 
 :func:`fit` is a plain loop on tensors, so the same function trains a model
-from scratch and fine-tunes it on a set of adversarial examples (DeepFool
-Sec. 4.3). :func:`trained` trains the model a :class:`TrainConfig` describes
-once and caches it on disk, keyed by a hash of the config, the cache format
-and the torch version: a notebook asks for a model by its recipe and gets the
-same weights every time, whether trained now or loaded.
+from scratch, fine-tunes it on a set of adversarial examples (DeepFool
+Sec. 4.3) and distils it at a temperature on soft labels. :func:`cached`
+trains a model once per recipe and keeps it on disk, keyed by a hash of the
+recipe, the cache format and the torch version, its weights checked by their
+SHA-256 when read back; :func:`trained` is that cache for a model trained from
+scratch as a :class:`TrainConfig` describes. A notebook asks for a model by
+its recipe and gets the same weights every time, whether trained now or loaded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import math
 import os
 import pickle
 import re
+import sys
 import tempfile
 import time
 from dataclasses import KW_ONLY, asdict, dataclass, field
@@ -26,13 +30,13 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars (to stderr): tqdm.auto warns in notebooks without ipywidgets
 
-from . import models
+from . import checks, models
 
 # Bump when what a cache file means changes (its contents, or the layers a
 # builder makes for a name): old files then get new keys and are never read.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the .json records the weights' SHA-256; recipes hashed as {"recipe": ...}
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -42,24 +46,6 @@ class CacheError(RuntimeError):
 
 
 # ---------------------------------------------------------------- checks
-
-
-def _check_int(value: Any, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_float(value: Any, name: str, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value!r}")
-    return float(value)
-
-
-def _check_optimizer(optimizer: Any) -> None:
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))}, got {optimizer!r}")
 
 
 def _check_model(model: Any) -> None:
@@ -76,8 +62,8 @@ def _check_x(x: Any) -> None:
         raise ValueError(f"x must be a non-empty batch [N, ...], got shape {tuple(x.shape)}")
 
 
-def _check_xy(x: Any, y: Any) -> Tensor:
-    _check_x(x)
+def _check_labels(x: Tensor, y: Any) -> Tensor:
+    """Class indices ``[N]`` (long) for ``x``."""
     if not isinstance(y, Tensor):
         raise TypeError(f"y must be a torch.Tensor of labels, got {type(y).__name__}")
     if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
@@ -87,6 +73,32 @@ def _check_xy(x: Any, y: Any) -> Tensor:
     if y.min().item() < 0:
         raise ValueError(f"y must hold class indices >= 0, got a minimum of {y.min().item()}")
     return y.to(device=x.device, dtype=torch.long)
+
+
+SOFT_LABEL_ATOL = 1e-4  # how far a soft label's row may sum from 1
+
+
+def _check_targets(x: Tensor, y: Any) -> Tensor:
+    """Class indices ``[N]``, or soft labels ``[N, C]``: rows that are
+    probability vectors (a teacher's softmax, as in defensive distillation)."""
+    _check_x(x)
+    if not (isinstance(y, Tensor) and y.is_floating_point()):
+        return _check_labels(x, y)
+    if y.dim() != 2 or y.shape[0] != x.shape[0] or y.shape[1] < 2:
+        raise ValueError(
+            f"y: soft labels must have shape [N, classes] = [{x.shape[0]}, C] with C >= 2 to match x, "
+            f"got {tuple(y.shape)} (or pass class indices, a long tensor [N])"
+        )
+    if not torch.isfinite(y).all() or y.min().item() < 0:
+        raise ValueError(f"y: soft labels must be finite and >= 0, got a minimum of {y.min().item()}")
+    error = (y.double().sum(1) - 1).abs()
+    if error.max().item() > SOFT_LABEL_ATOL:
+        row = int(error.argmax())
+        raise ValueError(
+            f"y: each row of soft labels must sum to 1 (within {SOFT_LABEL_ATOL}), "
+            f"row {row} sums to {y[row].double().sum().item():.6g}"
+        )
+    return y.to(device=x.device, dtype=x.dtype)
 
 
 def _logits(model: nn.Module, x: Tensor) -> Tensor:
@@ -134,13 +146,15 @@ def fit(
     optimizer: str = "sgd",
     momentum: float = 0.9,
     weight_decay: float = 0.0,
+    temperature: float = 1.0,
     seed: int,
     progress: bool = True,
     desc: str = "fit",
     on_epoch: Callable[[int, nn.Module], Mapping[str, Any] | None] | None = None,
 ) -> list[dict]:
-    """Train ``model`` in place on ``(x, y)`` with cross-entropy, mini-batch
-    by mini-batch, reshuffled every epoch.
+    """Train ``model`` in place on ``(x, y)`` with the cross-entropy of
+    ``softmax(logits / temperature)``, mini-batch by mini-batch, reshuffled
+    every epoch.
 
     Deterministic on CPU: the shuffling draws from its own generator seeded
     with ``seed``, and torch's global generator (dropout) is seeded with it
@@ -152,41 +166,53 @@ def fit(
             mode, each module's train flag restored afterwards.
         x: inputs ``[N, ...]``, floating point (any tensors: clean or
             adversarial training sets alike).
-        y: integer labels ``[N]``.
+        y: class indices, an integer tensor ``[N]``; or soft labels, a float
+            tensor ``[N, classes]`` whose rows are probability vectors (>= 0,
+            summing to 1 within ``SOFT_LABEL_ATOL``), e.g. a teacher's
+            ``softmax(logits / T)``: the loss is then the cross-entropy to them.
         epochs: passes over the data (>= 1).
         batch_size: samples per step; the last batch of an epoch may be smaller.
         lr: learning rate (> 0).
         optimizer: ``"sgd"`` (with ``momentum``) or ``"adam"`` (``momentum`` unused).
         momentum: SGD momentum.
         weight_decay: L2 penalty, as the optimiser applies it.
+        temperature: ``T > 0`` dividing the logits inside the loss only (the
+            model is unchanged): defensive distillation trains teacher and
+            student at ``T`` and deploys the student at ``T = 1``.
         seed: seeds the shuffling and dropout.
         progress: show a tqdm bar over the steps.
         desc: the bar's label.
         on_epoch: called as ``on_epoch(epoch, model)`` after each epoch, the
-            model in eval mode; a dict it returns is merged into that epoch's
-            history. One ``fit`` call with a callback - e.g. measuring
-            rho_adv after each extra epoch of fine-tuning (DeepFool Fig. 6) -
-            keeps the optimiser's momentum and the shuffling running, where
-            calling ``fit(epochs=1)`` repeatedly would restart both.
+            model in eval mode (the train flags restored after the call); a
+            dict it returns is merged into that epoch's history. One ``fit``
+            call with a callback - e.g. measuring rho_adv after each extra
+            epoch of fine-tuning (DeepFool Fig. 6) - keeps the optimiser's
+            momentum and the shuffling running, where calling
+            ``fit(epochs=1)`` repeatedly would restart both.
 
     Returns:
         One dict per epoch: ``epoch`` (1-based), ``loss`` (mean cross-entropy
-        over the epoch's samples, as the weights moved) and ``train_accuracy``
-        (on the same running predictions), plus what ``on_epoch`` returned.
+        at ``temperature`` over the epoch's samples, as the weights moved) and
+        ``train_accuracy`` (the running predictions against ``y``, or against
+        the argmax of soft labels), plus what ``on_epoch`` returned.
 
     Example:
         >>> history = fit(model, x, y, epochs=2, lr=0.01, seed=0)
         >>> history[-1]["loss"]
     """
     _check_model(model)
-    y = _check_xy(x, y)
-    _check_int(epochs, "epochs", 1)
-    _check_int(batch_size, "batch_size", 1)
-    _check_int(seed, "seed", 0)
-    lr = _check_float(lr, "lr", positive=True)
-    momentum = _check_float(momentum, "momentum")
-    weight_decay = _check_float(weight_decay, "weight_decay")
-    _check_optimizer(optimizer)
+    y = _check_targets(x, y)
+    epochs = checks.integer(epochs, "epochs", low=1)
+    batch_size = checks.integer(batch_size, "batch_size", low=1)
+    seed = checks.integer(seed, "seed", low=0)
+    lr = checks.number(lr, "lr", low=0, low_open=True)
+    momentum = checks.number(momentum, "momentum", low=0)
+    weight_decay = checks.number(weight_decay, "weight_decay", low=0)
+    temperature = checks.number(temperature, "temperature", low=0, low_open=True)
+    checks.choice(optimizer, "optimizer", OPTIMIZERS)
+    checks.flag(progress, "progress")
+    if on_epoch is not None and not callable(on_epoch):
+        raise TypeError(f"on_epoch must be None or a callable (epoch, model), got {type(on_epoch).__name__}")
 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -196,8 +222,10 @@ def fit(
     else:
         opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
+    soft = y.dim() == 2
     n = x.shape[0]
-    top_label = y.max().item()
+    classes_needed = y.shape[1] if soft else y.max().item() + 1
+    hard = y.argmax(1) if soft else y  # what train_accuracy counts against
     steps = math.ceil(n / batch_size)
     shuffle = torch.Generator().manual_seed(seed)
     history = []
@@ -207,11 +235,17 @@ def fit(
             loss_sum, correct = 0.0, 0
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
-                xb, yb = x[idx], y[idx]
-                logits = _logits(model, xb)
-                if logits.shape[1] <= top_label:
-                    raise ValueError(f"y holds label {top_label} but the model has only {logits.shape[1]} classes")
-                loss = F.cross_entropy(logits, yb)
+                logits = _logits(model, x[idx])
+                if soft and logits.shape[1] != classes_needed:
+                    raise ValueError(
+                        f"y: soft labels have {classes_needed} classes but the model has {logits.shape[1]}"
+                    )
+                if not soft and logits.shape[1] < classes_needed:
+                    raise ValueError(
+                        f"y holds label {classes_needed - 1} but the model has only {logits.shape[1]} classes"
+                    )
+                # Dividing by T = 1.0 is exact, so T = 1 is the plain loss bit for bit.
+                loss = F.cross_entropy(logits / temperature, y[idx])
                 if not math.isfinite(loss.item()):
                     raise FloatingPointError(
                         f"the training loss became {loss.item()} at epoch {epoch}: lr={lr} is likely too large"
@@ -220,7 +254,7 @@ def fit(
                 loss.backward()
                 opt.step()
                 loss_sum += loss.item() * len(idx)
-                correct += (logits.argmax(1) == yb).sum().item()
+                correct += (logits.argmax(1) == hard[idx]).sum().item()
                 bar.update(1)
             record = {"epoch": epoch, "loss": loss_sum / n, "train_accuracy": correct / n}
             if on_epoch is not None:
@@ -245,7 +279,7 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
     eval mode without gradients; the model's train flags are left as they were."""
     _check_model(model)
     _check_x(x)
-    _check_int(batch_size, "batch_size", 1)
+    checks.integer(batch_size, "batch_size", low=1)
     return torch.cat([logits.argmax(1) for logits in _eval_logits(model, x, batch_size)])
 
 
@@ -253,15 +287,272 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> 
     """Fraction of ``x`` the model labels as ``y`` (eval mode, no gradients,
     train flags left as they were)."""
     _check_model(model)
-    y = _check_xy(x, y)
-    _check_int(batch_size, "batch_size", 1)
+    _check_x(x)
+    y = _check_labels(x, y)
+    checks.integer(batch_size, "batch_size", low=1)
     return (predict(model, x, batch_size) == y).double().mean().item()
 
 
 # ---------------------------------------------------------------- the cache
+#
+# One cache for every model made by training: from scratch (trained) or
+# derived from another (fine-tuned on adversarial examples, distilled). A
+# recipe - a JSON-able mapping that fully determines the weights - is hashed
+# into the file names; the .json beside the .pt holds the recipe, the SHA-256
+# of the .pt and what the training reported.
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+# Keys cached() puts in info itself; a fit's extra may not reuse them.
+_RESERVED = frozenset(
+    {"recipe", "key", "name", "cache_format", "torch_version", "threads", "train_seconds",
+     "weights_sha256", "cache_path", "info_path", "from_cache"}
+)
+
+# A temporary file of a write (.<target>.<random>.tmp) older than this was left
+# by a process that died mid-write: a live writer fills its file in one go
+# right after training (seconds), so an hour-old one is never someone's work
+# in progress. Younger ones are left alone even for our own target, because
+# another process training the same recipe may be writing it right now, and
+# deleting its file would make its rename fail.
+STALE_TEMP_SECONDS = 3600.0
+
+
+def _canonical(recipe: Any, what: str = "recipe") -> dict[str, Any]:
+    """``recipe`` as plain JSON values (tuples become lists), so that the
+    recipe stored in the .json compares equal to the one asked for."""
+    if not isinstance(recipe, Mapping) or not all(isinstance(k, str) for k in recipe):
+        raise TypeError(f"{what} must be a mapping with string keys, got {recipe!r}")
+    try:
+        return json.loads(json.dumps(recipe, sort_keys=True, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"{what} must hold JSON values only (str, finite numbers, bool, None, lists, dicts): {e}"
+        ) from e
+
+
+def cache_key(recipe: Mapping[str, Any]) -> str:
+    """Short hex sha256 of the canonical JSON of ``recipe``, the cache format
+    and the torch version: a new torch (whose kernels may round differently)
+    trains anew rather than reuse weights it did not make."""
+    payload = {"recipe": _canonical(recipe), "cache_format": CACHE_FORMAT, "torch": str(torch.__version__)}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where trained models live: the argument, else ``$ADVLIB_CACHE``, else
+    ``./.cache/advlib`` (relative to the working directory)."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("ADVLIB_CACHE")
+    return Path(env) if env else Path(".cache") / "advlib"
+
+
+def _paths(name: str, recipe: Mapping[str, Any], cache_dir) -> tuple[Path, Path]:
+    stem = f"{name}-{cache_key(recipe)}"
+    root = resolve_cache_dir(cache_dir)
+    return root / f"{stem}.pt", root / f"{stem}.json"
+
+
+def _delete_hint(*paths: Path) -> str:
+    return "delete " + " and ".join(str(p) for p in paths) + " to retrain"
+
+
+def _reason(e: Exception) -> str:
+    # torch's unpickling errors run to a page and suggest weights_only=False,
+    # which a cache must never need: say what failed, not that.
+    if isinstance(e, pickle.UnpicklingError):
+        return f"{type(e).__name__}: unreadable, or holds more than tensors (refused by weights_only=True)"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first[:300]}"
+
+
+def _usable_dir(root: Path) -> None:
+    """Refuse a cache directory that cannot take the result, before the
+    training that would be lost: make it, then write and delete a probe file
+    (permission bits alone miss read-only mounts and root's exemption)."""
+    if root.exists() and not root.is_dir():
+        raise CacheError(f"cache directory {root} is not a directory; pass another cache_dir or set $ADVLIB_CACHE")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=root, prefix=".probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise CacheError(
+            f"cache directory {root} cannot be written ({_reason(e)}); pass another cache_dir or set $ADVLIB_CACHE"
+        ) from e
+
+
+def _remove_stale_temps(root: Path, now: float | None = None) -> list[Path]:
+    """Delete temporary files of interrupted writes (see STALE_TEMP_SECONDS)."""
+    now = time.time() if now is None else now
+    removed = []
+    for tmp in root.glob(".*.tmp"):
+        with contextlib.suppress(OSError):  # gone already, or not ours to delete: leave it
+            if now - tmp.stat().st_mtime > STALE_TEMP_SECONDS:
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write through a temporary file in the same directory, then rename it
+    over ``path``: a reader (or a crash) never sees half a file, and two
+    processes training the same recipe just replace each other's result."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _load(
+    name: str, recipe: dict, key: str, build: Callable[[], nn.Module], pt: Path, js: Path
+) -> tuple[nn.Module, dict]:
+    try:
+        stored = json.loads(js.read_text())
+        stored_recipe, digest, extra = stored["recipe"], stored["weights_sha256"], stored["extra"]
+        if not isinstance(extra, dict) or not isinstance(digest, str):
+            raise TypeError("'extra' must be an object and 'weights_sha256' a string")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CacheError(f"cache file {js} cannot be read; {_delete_hint(js, pt)} ({_reason(e)})") from e
+    if stored_recipe != recipe or stored.get("key") != key:
+        raise CacheError(
+            f"cache file {js} holds a different recipe than the one requested "
+            f"(stored {stored_recipe}, requested {recipe}); {_delete_hint(js, pt)}"
+        )
+    try:
+        blob = pt.read_bytes()
+    except OSError as e:
+        raise CacheError(f"cache file {pt} cannot be read; {_delete_hint(pt, js)} ({_reason(e)})") from e
+    # Checked before torch.load sees a byte, on the very bytes it then reads.
+    actual = hashlib.sha256(blob).hexdigest()
+    if actual != digest:
+        raise CacheError(
+            f"cache file {pt} is damaged or was replaced: its SHA-256 is {actual}, but {js.name} "
+            f"records {digest}; {_delete_hint(pt, js)}"
+        )
+    try:
+        # weights_only: a cache file is data, never code to run.
+        state = torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
+        model = build()
+        model.load_state_dict(state)
+    except Exception as e:
+        raise CacheError(
+            f"cache file {pt} cannot be loaded as the weights of {name} (damaged, or not "
+            f"a plain state_dict); {_delete_hint(pt, js)} ({_reason(e)})"
+        ) from e
+    info = {k: v for k, v in stored.items() if k != "extra"}
+    return model.eval(), {**info, **extra, "cache_path": str(pt), "info_path": str(js), "from_cache": True}
+
+
+def cached(
+    recipe: Mapping[str, Any],
+    build: Callable[[], nn.Module],
+    fit: Callable[[nn.Module], Mapping[str, Any] | None],
+    *,
+    name: str,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, dict]:
+    """The model ``recipe`` describes, trained once, then loaded from the cache.
+
+    On a miss: ``model = build()``, ``extra = fit(model)`` (``fit`` trains the
+    model in place and returns a JSON-able dict, e.g. its history), then the
+    state_dict goes to ``<name>-<key>.pt`` and the info to ``<name>-<key>.json``
+    (with the SHA-256 of the .pt), each atomically, the .json last: a .pt
+    without its .json is an interrupted write and is trained over. On a hit:
+    ``build()`` makes the skeleton and the weights are loaded into it with
+    ``torch.load(weights_only=True)``, after their SHA-256 was checked.
+
+    ``key = cache_key(recipe)``, so the recipe must hold everything the
+    weights depend on - for a derived model, the key (or recipe) of the model
+    it starts from, the data and every option of the training - and nothing
+    else. Seed inside ``build`` and ``fit``: the cache does not.
+
+    Errors: a cache directory that cannot be written is a :class:`CacheError`
+    before ``fit`` runs; a .json that cannot be read or holds another recipe,
+    a .pt whose SHA-256 differs from the one recorded, or that is not a plain
+    state_dict of ``build()``'s model, is a :class:`CacheError` naming the file
+    and saying to delete it. Temporary files of writes interrupted more than
+    ``STALE_TEMP_SECONDS`` ago are removed when the directory is next written.
+
+    Args:
+        recipe: JSON-able mapping that fully determines the result.
+        build: makes the untrained model (same architecture every call).
+        fit: trains it in place; returns a JSON-able dict merged into info.
+        name: file-name prefix: letters, digits, ``-``, ``_``, ``.``.
+        cache_dir: default ``$ADVLIB_CACHE``, else ``./.cache/advlib``.
+        progress: on a miss, say on stderr what is being trained and where it
+            will be cached (``fit``'s own bar is ``fit``'s business).
+
+    Returns:
+        ``(model, info)``: the model in eval mode, and ``recipe``, ``key``,
+        ``name``, ``from_cache``, ``cache_path`` (the .pt), ``info_path``,
+        ``train_seconds`` (of the run that made the file), ``weights_sha256``,
+        ``cache_format``, ``torch_version``, ``threads``, plus the keys of
+        ``extra``.
+
+    Example:
+        >>> recipe = {"kind": "fine-tuned", "base": base_info["key"], "epochs": 5, "lr": 1e-3, "seed": 0}
+        >>> model, info = cached(recipe, build=lambda: copy.deepcopy(base),
+        ...                      fit=lambda m: {"history": fit(m, x_adv, y, epochs=5, lr=1e-3, seed=0)},
+        ...                      name="lenet-finetuned")
+    """
+    recipe = _canonical(recipe)
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"name must be letters, digits, '-', '_' or '.' (a file name), got {name!r}")
+    if not callable(build) or not callable(fit):
+        raise TypeError("build and fit must be callables: build() -> nn.Module, fit(model) -> dict")
+    checks.flag(progress, "progress")
+    key = cache_key(recipe)
+    pt, js = _paths(name, recipe, cache_dir)
+    if pt.exists() and js.exists():
+        return _load(name, recipe, key, build, pt, js)
+
+    _usable_dir(pt.parent)
+    if progress:
+        tqdm.write(f"advlib: training {name} ({key}), not in the cache {pt.parent}", file=sys.stderr)
+    model = build()
+    _check_model(model)
+    start = time.perf_counter()
+    extra = fit(model)
+    seconds = time.perf_counter() - start
+    extra = _canonical({} if extra is None else extra, "the dict fit returned")
+    clash = sorted(_RESERVED & extra.keys())
+    if clash:
+        raise ValueError(f"the dict fit returned uses key(s) {clash}, which cached() sets itself")
+    model.eval()
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    weights = buffer.getvalue()
+    info = {
+        "name": name,
+        "recipe": recipe,
+        "key": key,
+        "cache_format": CACHE_FORMAT,
+        "torch_version": str(torch.__version__),
+        "threads": torch.get_num_threads(),
+        "train_seconds": seconds,
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+    }
+    _remove_stale_temps(pt.parent)
+    _write_atomic(pt, weights)
+    _write_atomic(js, json.dumps({**info, "extra": extra}, indent=2, allow_nan=False).encode())
+    return model, {**info, **extra, "cache_path": str(pt), "info_path": str(js), "from_cache": False}
+
+
+# ---------------------------------------------------------------- models trained from scratch
 
 _OPTION_VALUE = (str, int, float, bool, type(None))
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def _options(value: Any, name: str) -> tuple[tuple[str, Any], ...]:
@@ -327,127 +618,54 @@ class TrainConfig:
         if not isinstance(self.dataset, str) or not _NAME.fullmatch(self.dataset):
             # It becomes part of a file name.
             raise ValueError(f"dataset must be a name of letters, digits, '-', '_' or '.', got {self.dataset!r}")
-        _check_int(self.epochs, "epochs", 1)
-        _check_int(self.seed, "seed", 0)
-        _check_int(self.batch_size, "batch_size", 1)
-        _check_optimizer(self.optimizer)
-        if self.train_limit is not None:
-            _check_int(self.train_limit, "train_limit", 1)
+        checks.integer(self.epochs, "epochs", low=1)
+        checks.integer(self.seed, "seed", low=0)
+        checks.integer(self.batch_size, "batch_size", low=1)
+        checks.choice(self.optimizer, "optimizer", OPTIMIZERS)
+        checks.integer(self.train_limit, "train_limit", low=1, none=True)
         # Floats normalised so lr=1 and lr=1.0 are one config with one key.
-        object.__setattr__(self, "lr", _check_float(self.lr, "lr", positive=True))
-        object.__setattr__(self, "momentum", _check_float(self.momentum, "momentum"))
-        object.__setattr__(self, "weight_decay", _check_float(self.weight_decay, "weight_decay"))
+        object.__setattr__(self, "lr", checks.number(self.lr, "lr", low=0, low_open=True))
+        object.__setattr__(self, "momentum", checks.number(self.momentum, "momentum", low=0))
+        object.__setattr__(self, "weight_decay", checks.number(self.weight_decay, "weight_decay", low=0))
         object.__setattr__(self, "data_options", _options(self.data_options, "data_options"))
         object.__setattr__(self, "model_options", _options(self.model_options, "model_options"))
 
     def as_dict(self) -> dict[str, Any]:
-        """The config as JSON-ready plain values (options as dicts)."""
+        """The config as JSON-ready plain values (options as dicts): the
+        recipe :func:`trained` gives :func:`cached`."""
         d = asdict(self)
         d["data_options"] = dict(self.data_options)
         d["model_options"] = dict(self.model_options)
         return d
 
     def key(self) -> str:
-        """Short hex sha256 of the canonical JSON of the config, the cache
-        format and the torch version: a new torch (whose kernels may round
-        differently) trains anew rather than reuse weights it did not make."""
-        payload = {"config": self.as_dict(), "cache_format": CACHE_FORMAT, "torch": str(torch.__version__)}
-        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        """The cache key of this recipe, :func:`cache_key` of :meth:`as_dict`."""
+        return cache_key(self.as_dict())
 
-
-def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where trained models live: the argument, else ``$ADVLIB_CACHE``, else
-    ``./.cache/advlib`` (relative to the working directory)."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("ADVLIB_CACHE")
-    return Path(env) if env else Path(".cache") / "advlib"
+    def name(self) -> str:
+        """The cache files' prefix, ``<arch>-<dataset>``."""
+        return f"{self.arch}-{self.dataset}"
 
 
 def cache_paths(config: TrainConfig, cache_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
     """The ``(.pt, .json)`` files of ``config`` in the cache."""
-    stem = f"{config.arch}-{config.dataset}-{config.key()}"
-    root = resolve_cache_dir(cache_dir)
-    return root / f"{stem}.pt", root / f"{stem}.json"
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same directory, then rename it
-    over ``path``: a reader (or a crash) never sees half a file, and two
-    processes training the same config just replace each other's result."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _build(config: TrainConfig, in_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    with _seeded(config.seed):
-        return models.build(config.arch, in_shape, num_classes, **dict(config.model_options))
-
-
-def _delete_hint(*paths: Path) -> str:
-    return "delete " + " and ".join(str(p) for p in paths) + " to retrain"
-
-
-def _reason(e: Exception) -> str:
-    # torch's unpickling errors run to a page and suggest weights_only=False,
-    # which a cache must never need: say what failed, not that.
-    if isinstance(e, pickle.UnpicklingError):
-        return f"{type(e).__name__}: unreadable, or holds more than tensors (refused by weights_only=True)"
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {first[:300]}"
-
-
-def _load_cached(config: TrainConfig, pt: Path, js: Path) -> tuple[nn.Module, dict]:
-    try:
-        info = json.loads(js.read_text())
-        stored_config = info["config"]
-        in_shape, num_classes = tuple(info["in_shape"]), int(info["num_classes"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CacheError(f"cache file {js} cannot be read; {_delete_hint(js, pt)} ({_reason(e)})") from e
-    if stored_config != config.as_dict() or info.get("key") != config.key():
-        raise CacheError(
-            f"cache file {js} holds a different config than the one requested "
-            f"(stored {stored_config}, requested {config.as_dict()}); {_delete_hint(js, pt)}"
-        )
-    try:
-        # weights_only: a cache file is data, never code to run.
-        state = torch.load(pt, weights_only=True, map_location="cpu")
-        model = _build(config, in_shape, num_classes)
-        model.load_state_dict(state)
-    except Exception as e:
-        raise CacheError(
-            f"cache file {pt} cannot be loaded as the weights of {config.arch} (damaged, or not "
-            f"a plain state_dict); {_delete_hint(pt, js)} ({_reason(e)})"
-        ) from e
-    return model.eval(), info
+    return _paths(config.name(), config.as_dict(), cache_dir)
 
 
 def trained(
     config: TrainConfig, *, cache_dir: str | os.PathLike | None = None, progress: bool = True
 ) -> tuple[nn.Module, dict]:
-    """The model ``config`` describes, trained once and then loaded from the cache.
+    """The model ``config`` describes, trained once and then loaded from the
+    cache: :func:`cached` with the recipe ``config.as_dict()`` and the name
+    ``<arch>-<dataset>``, so its checks and errors are those of :func:`cached`.
 
     On a miss: loads the training split with
     ``advlib.data.load(config.dataset, "train", limit=config.train_limit, **data_options)``
     and the whole test split, builds ``models.build(config.arch, in_shape,
     num_classes, **model_options)`` with torch seeded by ``config.seed``,
-    trains it with :func:`fit`, measures the test accuracy, and writes
-    ``<arch>-<dataset>-<key>.pt`` (the state_dict) and ``.json`` (the info),
-    each atomically, the ``.json`` last: a ``.pt`` without its ``.json`` is an
-    interrupted write and is retrained over.
-
-    A cache file that cannot be read or holds another config raises
-    :class:`CacheError` naming it: a stale or broken cache is never used silently.
+    trains it with :func:`fit` and measures the test accuracy. On a hit,
+    no data is loaded: the input shape and the number of classes come from
+    the cached .json.
 
     Args:
         config: the recipe.
@@ -456,11 +674,11 @@ def trained(
 
     Returns:
         ``(model, info)``: the model in eval mode on the CPU, and a dict with
-        ``config``, ``key``, ``cache_path`` (the .pt), ``info_path``,
+        ``config`` (= ``recipe``), ``key``, ``cache_path`` (the .pt), ``info_path``,
         ``from_cache``, ``test_accuracy``, ``test_error``, ``train_seconds``
         (of the run that made the file), ``n_train``, ``n_test``,
         ``data_source``, ``in_shape``, ``num_classes``, ``classes``,
-        ``history``, ``torch_version``, ``threads``.
+        ``history``, ``torch_version``, ``threads``, ``weights_sha256``.
 
     Example:
         >>> model, info = trained(TrainConfig("fc500-150-10", "digits", epochs=5, lr=0.05))
@@ -469,53 +687,51 @@ def trained(
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     pt, js = cache_paths(config, cache_dir)
-    if pt.exists() and js.exists():
-        model, info = _load_cached(config, pt, js)
-        return model, {**info, "cache_path": str(pt), "info_path": str(js), "from_cache": True}
+    loaded: dict[str, Any] = {}  # the data sets, once a miss needed them
 
-    from . import data  # imported here: only a cache miss needs the data sets
+    def load_data() -> None:
+        if not loaded:
+            from . import data  # imported here: only a cache miss needs the data sets
 
-    options = dict(config.data_options)
-    train = data.load(config.dataset, "train", limit=config.train_limit, **options)
-    test = data.load(config.dataset, "test", **options)
-    in_shape, num_classes = tuple(train.x.shape[1:]), len(train.classes)
-    model = _build(config, in_shape, num_classes)
-    start = time.perf_counter()
-    history = fit(
-        model,
-        train.x,
-        train.y,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        optimizer=config.optimizer,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        seed=config.seed,
-        progress=progress,
-        desc=f"{config.arch} on {config.dataset}",
-    )
-    seconds = time.perf_counter() - start
-    model.eval()
-    test_accuracy = accuracy(model, test.x, test.y)
-    info = {
-        "config": config.as_dict(),
-        "key": config.key(),
-        "cache_format": CACHE_FORMAT,
-        "torch_version": str(torch.__version__),
-        "threads": torch.get_num_threads(),
-        "test_accuracy": test_accuracy,
-        "test_error": 1.0 - test_accuracy,
-        "train_seconds": seconds,
-        "n_train": int(train.x.shape[0]),
-        "n_test": int(test.x.shape[0]),
-        "data_source": train.source,
-        "in_shape": list(in_shape),
-        "num_classes": num_classes,
-        "classes": list(train.classes),
-        "history": history,
-    }
-    pt.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(pt, lambda f: torch.save(model.state_dict(), f))
-    _write_atomic(js, lambda f: f.write(json.dumps(info, indent=2, allow_nan=False).encode()))
-    return model, {**info, "cache_path": str(pt), "info_path": str(js), "from_cache": False}
+            options = dict(config.data_options)
+            loaded["train"] = data.load(config.dataset, "train", limit=config.train_limit, **options)
+            loaded["test"] = data.load(config.dataset, "test", **options)
+
+    def build() -> nn.Module:
+        # On a hit the shape comes from the .json (cached checks that file
+        # again after build: a bad one is its error to give); without a
+        # readable one, from the data.
+        try:
+            extra = json.loads(js.read_text())["extra"]
+            in_shape, num_classes = tuple(int(d) for d in extra["in_shape"]), int(extra["num_classes"])
+        except (OSError, ValueError, KeyError, TypeError):
+            load_data()
+            in_shape, num_classes = tuple(loaded["train"].x.shape[1:]), len(loaded["train"].classes)
+        with _seeded(config.seed):
+            return models.build(config.arch, in_shape, num_classes, **dict(config.model_options))
+
+    def train_it(model: nn.Module) -> dict:
+        load_data()
+        train_set, test_set = loaded["train"], loaded["test"]
+        history = fit(
+            model, train_set.x, train_set.y,
+            epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+            optimizer=config.optimizer, momentum=config.momentum, weight_decay=config.weight_decay,
+            seed=config.seed, progress=progress, desc=f"{config.arch} on {config.dataset}",
+        )
+        test_accuracy = accuracy(model, test_set.x, test_set.y)
+        return {
+            "config": config.as_dict(),
+            "test_accuracy": test_accuracy,
+            "test_error": 1.0 - test_accuracy,
+            "n_train": int(train_set.x.shape[0]),
+            "n_test": int(test_set.x.shape[0]),
+            "data_source": train_set.source,
+            "in_shape": list(train_set.x.shape[1:]),
+            "num_classes": len(train_set.classes),
+            "classes": list(train_set.classes),
+            "history": history,
+        }
+
+    # The "training ..." line is redundant beside fit's own bar.
+    return cached(config.as_dict(), build, train_it, name=config.name(), cache_dir=cache_dir, progress=False)

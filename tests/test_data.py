@@ -180,6 +180,50 @@ def test_idx_trailing_bytes(tmp_path):
         data.read_idx(path, ndim=1)
 
 
+def _header(*dims: int) -> bytes:
+    return bytes([0, 0, 8, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_dimensions_beyond_64_bits(tmp_path, gz):
+    # (2^31)^2 * 4 = 2^64 wraps to 0 in int64 arithmetic: a header-only file
+    # would then look complete. Counted exactly, it is refused by name.
+    path = tmp_path / ("wrap.gz" if gz else "wrap")
+    pack = gzip.compress if gz else bytes
+    path.write_bytes(pack(_header(2**31, 2**31, 4)))
+    with pytest.raises(CorruptDataError, match=rf"{path.name}: dimensions \(2147483648, 2147483648, 4\) need 18446744073709551632 bytes, beyond a 64-bit size"):
+        data.read_idx(path, ndim=3)
+    path.write_bytes(pack(_header(2**32 - 1, 2**32 - 1, 2**32 - 1)))
+    with pytest.raises(CorruptDataError, match="beyond a 64-bit size"):
+        data.read_idx(path, ndim=3)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_header_larger_than_the_file_allocates_nothing_of_its_size(tmp_path, gz):
+    import tracemalloc
+
+    # 2^40 bytes announced (a terabyte), 100 present
+    raw = _header(2**20, 2**10, 2**10) + bytes(100)
+    path = tmp_path / ("big.gz" if gz else "big")
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptDataError, match=rf"{path.name}: truncated: dimensions \(1048576, 1024, 1024\) need 1099511627792 bytes, found 116"):
+            data.read_idx(path, ndim=3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20  # read in chunks of 1 MiB at most
+
+
+def test_idx_trailing_bytes_in_gzip(tmp_path):
+    _, labels = fake_images(3)
+    path = tmp_path / "labels.gz"
+    path.write_bytes(gzip.compress(idx_bytes(labels) + bytes(5000)))
+    with pytest.raises(CorruptDataError, match=r"labels.gz: has trailing bytes: dimensions \(3,\) need 11 bytes, found 12 or more"):
+        data.read_idx(path, ndim=1)
+
+
 @pytest.mark.parametrize("head", [bytes([0, 0, 8, 1]), bytes([0, 0, 0x0D, 3]), bytes([1, 0, 8, 3])])
 def test_idx_bad_magic(tmp_path, head):
     images, _ = fake_images(2)
@@ -393,18 +437,22 @@ def test_circles():
 
 
 def test_errors_list_what_is_allowed():
-    with pytest.raises(ValueError, match="unknown data set 'svhn'.*digits, fashion-mnist, mnist, cifar10, circles"):
+    with pytest.raises(ValueError, match="name must be one of 'digits', 'fashion-mnist', 'mnist', 'cifar10', 'circles', 'fashion-mnist-32rgb'.*got 'svhn'"):
         data.load("svhn", "train")
-    with pytest.raises(ValueError, match="unknown split 'val'.*'train' or 'test'"):
+    with pytest.raises(ValueError, match="split must be one of 'train', 'test', got 'val'"):
         data.load("digits", "val")
     with pytest.raises(ValueError, match="unknown option.*noise.*'digits'.*size=None"):
         data.load("digits", "train", noise=0.1)
     with pytest.raises(ValueError, match="unknown option.*size.*'cifar10'.*none"):
         data.load("cifar10", "train", size=28)
-    with pytest.raises(ValueError, match="size must be"):
+    with pytest.raises(ValueError, match="size must be one of None, 8, 28, got 16"):
         data.load("digits", "train", size=16)
+    with pytest.raises(ValueError, match=r"factor must be a finite number in \(0, 1\), got 1.5"):
+        data.load("circles", "train", factor=1.5)
+    with pytest.raises(TypeError, match="n_samples must be an integer >= 8, got 100.0"):
+        data.load("circles", "train", n_samples=100.0)
     for bad in (0, -1, 2.5, True):
-        with pytest.raises(ValueError, match="limit"):
+        with pytest.raises((ValueError, TypeError), match=rf"limit must be an integer >= 1 or None, got {bad!r}|limit must be an integer >= 1, got {bad!r}"):
             data.load("digits", "train", limit=bad)
 
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import fractions
+import hashlib
 import json
 import shutil
 
@@ -38,8 +39,9 @@ def _synthetic(n=256, seed=0):
     return x, y
 
 
-def _fit(seed, optimizer="sgd", **kw):
-    x, y = _synthetic()
+def _fit(seed, optimizer="sgd", y=None, **kw):
+    x, labels = _synthetic()
+    y = labels if y is None else y
     torch.manual_seed(123)  # the same initial weights for every call
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 2))
     history = train.fit(model, x, y, epochs=3, batch_size=50, lr=0.1, optimizer=optimizer, seed=seed, progress=False, **kw)
@@ -108,9 +110,13 @@ def test_fit_learns_and_adam_differs():
     [
         ({"optimizer": "rmsprop"}, ValueError, "optimizer must be one of 'sgd', 'adam'"),
         ({"epochs": 0}, ValueError, "epochs must be an integer >= 1"),
-        ({"lr": 0.0}, ValueError, "lr must be > 0"),
+        ({"lr": 0.0}, ValueError, "lr must be a finite number > 0, got 0.0"),
+        ({"epochs": 1.5}, TypeError, r"epochs must be an integer >= 1, got 1.5 \(float\)"),
+        ({"temperature": 0}, ValueError, "temperature must be a finite number > 0"),
+        ({"progress": 1}, TypeError, "progress must be True or False"),
         ({"batch_size": 0}, ValueError, "batch_size"),
-        ({"y": torch.zeros(256)}, TypeError, "y must be an integer tensor"),
+        ({"y": torch.zeros(256, dtype=torch.bool)}, TypeError, "y must be an integer tensor"),
+        ({"y": torch.zeros(256)}, ValueError, r"soft labels must have shape \[N, classes\] = \[256, C\]"),
         ({"y": torch.zeros(10, dtype=torch.long)}, ValueError, r"y must have shape \[N\] = \[256\]"),
         ({"y": torch.full((256,), 2)}, ValueError, "label 2 but the model has only 2 classes"),
         ({"x": torch.zeros(256, 36, dtype=torch.long)}, TypeError, "floating-point"),
@@ -122,8 +128,9 @@ def test_fit_rejects_bad_arguments(change, error, message):
     args = {"model": models.mlp2d(in_shape=(36,)), "x": x.flatten(1), "y": y, "epochs": 1, "lr": 0.1, "seed": 0}
     args.update(change)
     model, x, y = args.pop("model"), args.pop("x"), args.pop("y")
+    args.setdefault("progress", False)
     with pytest.raises(error, match=message):
-        train.fit(model, x, y, progress=False, **args)
+        train.fit(model, x, y, **args)
 
 
 def test_fit_stops_on_a_diverging_loss():
@@ -283,14 +290,28 @@ def test_corrupt_weights_file_is_a_clear_error(fast_cache, tmp_path, damage):
     else:
         # a pickled object that is not weights: weights_only refuses to run it
         torch.save({"0.weight": fractions.Fraction(1, 2)}, pt)
-    with pytest.raises(CacheError, match=rf"(?s){pt.name} cannot be loaded.*delete .*{pt.name}"):
+    # the recorded SHA-256 catches each before torch.load reads a byte
+    with pytest.raises(CacheError, match=rf"(?s){pt.name} is damaged or was replaced: its SHA-256.*delete .*{pt.name}"):
         train.trained(FAST, cache_dir=tmp_path, progress=False)
+    # with a matching digest, weights_only=True still refuses anything but tensors
+    _record_digest(pt, js)
+    with pytest.raises(CacheError, match=rf"(?s){pt.name} cannot be loaded.*delete .*{pt.name}") as error:
+        train.trained(FAST, cache_dir=tmp_path, progress=False)
+    if damage == "pickle":
+        assert "refused by weights_only=True" in str(error.value)
+
+
+def _record_digest(pt, js):
+    info = json.loads(js.read_text())
+    info["weights_sha256"] = hashlib.sha256(pt.read_bytes()).hexdigest()
+    js.write_text(json.dumps(info))
 
 
 def test_weights_of_another_architecture_is_a_clear_error(fast_cache, tmp_path):
     root, _, _ = fast_cache
     pt, js = _copy_cache(root, tmp_path)
     torch.save(models.mlp2d().state_dict(), pt)
+    _record_digest(pt, js)
     with pytest.raises(CacheError, match="(?s)cannot be loaded as the weights of fc500-150-10.*delete"):
         train.trained(FAST, cache_dir=tmp_path, progress=False)
 
@@ -302,9 +323,9 @@ def test_corrupt_or_mismatched_info_file_is_a_clear_error(fast_cache, tmp_path):
     js.write_text("{")
     with pytest.raises(CacheError, match=rf"{js.name} cannot be read.*delete"):
         train.trained(FAST, cache_dir=tmp_path, progress=False)
-    info["config"]["lr"] = 0.5
+    info["recipe"]["lr"] = 0.5
     js.write_text(json.dumps(info))
-    with pytest.raises(CacheError, match=rf"{js.name} holds a different config.*delete"):
+    with pytest.raises(CacheError, match=rf"{js.name} holds a different recipe.*delete"):
         train.trained(FAST, cache_dir=tmp_path, progress=False)
 
 
@@ -343,3 +364,82 @@ def test_mlp2d_on_circles(tmp_path):
     # No line separates two concentric circles (a linear model scores about 50%):
     # the hidden layer must bend the boundary round the inner one.
     assert info["test_accuracy"] > 0.95
+
+
+# ---------------------------------------------------------------- fit: temperature and soft labels
+
+
+def _one_step(y, temperature):
+    """One full-batch plain SGD step of fit, and the same step by hand."""
+    x, _ = _synthetic(n=64)
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 2))
+    reference = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    logits = x.flatten(1) @ reference[0].T + reference[1]
+    expected_loss = -(torch.log_softmax(logits / temperature, 1) * _as_probs(y)).sum(1).mean()
+    expected_loss.backward()
+    history = train.fit(model, x, y, epochs=1, batch_size=64, lr=0.5, momentum=0.0,
+                        temperature=temperature, seed=0, progress=False)
+    return model, reference, expected_loss.item(), history
+
+
+def _as_probs(y):
+    return y if y.is_floating_point() else torch.nn.functional.one_hot(y, 2).float()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+@pytest.mark.parametrize("soft", [False, True])
+def test_fit_minimises_cross_entropy_at_temperature(temperature, soft):
+    _, y = _synthetic(n=64)
+    if soft:  # a teacher's probabilities, not one-hot
+        y = torch.softmax(torch.randn(64, 2, generator=torch.Generator().manual_seed(1)), 1)
+    model, reference, expected_loss, history = _one_step(y, temperature)
+    # The loss fit reports is -sum p log softmax(z / T), at the initial weights...
+    assert history[0]["loss"] == pytest.approx(expected_loss, rel=1e-6)
+    # ...and the step it took is that loss's gradient (plain SGD: w - lr * grad).
+    for p, r in zip(model.parameters(), reference):
+        assert torch.allclose(p, r.detach() - 0.5 * r.grad, atol=1e-6)
+
+
+def test_temperature_one_is_the_plain_loss_bit_for_bit():
+    a, history_a = _fit(seed=0)
+    b, history_b = _fit(seed=0, temperature=1.0)
+    c, _ = _fit(seed=0, temperature=2.0)
+    assert _same_weights(a, b) and history_a == history_b
+    assert not _same_weights(a, c)
+
+
+def test_one_hot_soft_labels_train_as_indices():
+    _, y = _synthetic()
+    hard, history_hard = _fit(seed=0)
+    soft, history_soft = _fit(seed=0, y=torch.nn.functional.one_hot(y, 2).float())
+    for p, q in zip(hard.parameters(), soft.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+    for h, s in zip(history_hard, history_soft):
+        assert s["loss"] == pytest.approx(h["loss"], rel=1e-5)
+        assert s["train_accuracy"] == h["train_accuracy"]  # counted against the argmax
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (lambda y: torch.full((256, 3), 1 / 3), "soft labels have 3 classes but the model has 2"),
+        (lambda y: torch.full((255, 2), 0.5), r"shape \[N, classes\] = \[256, C\].*got \(255, 2\)"),
+        (lambda y: torch.full((256,), 0.5), r"shape \[N, classes\]"),
+        (lambda y: torch.full((256, 2), 0.45), r"must sum to 1 \(within 0.0001\), row 0 sums to 0.9"),
+        (lambda y: torch.tensor([[1.5, -0.5]]).expand(256, 2), "finite and >= 0, got a minimum of -0.5"),
+        (lambda y: torch.tensor([[float("nan"), 1.0]]).expand(256, 2), "finite and >= 0"),
+    ],
+)
+def test_fit_refuses_bad_soft_labels(labels, message):
+    x, y = _synthetic()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 2))
+    with pytest.raises(ValueError, match=message):
+        train.fit(model, x, labels(y), epochs=1, lr=0.1, seed=0, progress=False)
+
+
+def test_soft_labels_within_tolerance_are_accepted():
+    x, y = _synthetic()
+    probs = torch.nn.functional.one_hot(y, 2).float() * (1 - 5e-5)  # rows sum to 1 - 5e-5
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 2))
+    assert len(train.fit(model, x, probs, epochs=1, lr=0.1, seed=0, progress=False)) == 1
