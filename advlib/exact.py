@@ -53,7 +53,7 @@ import torch
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars (to stderr): tqdm.auto warns in notebooks without ipywidgets
 
 from . import checks, norms
 from .attacks._common import AttackResult, Box, attacking, check_inputs, check_labels, logits_of

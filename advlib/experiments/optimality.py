@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars (to stderr): tqdm.auto warns in notebooks without ipywidgets
 
 from .. import checks, data, exact, metrics, norms, peers, train
 from ..attacks import deepfool, fgsm_min_eps, ifgs
