@@ -19,6 +19,7 @@ import contextlib
 import importlib.metadata as md
 import io
 import math
+import warnings
 from typing import Callable
 
 import torch
@@ -64,7 +65,10 @@ def next_class(y: Tensor, classes: int) -> Tensor:
 
 def _import(module: str, library: str):
     try:
-        return __import__(module, fromlist=["_"])
+        with warnings.catch_warnings():
+            # ART imports tqdm.auto, which warns in a notebook without ipywidgets; its bars are off here.
+            warnings.filterwarnings("ignore", message="IProgress not found")
+            return __import__(module, fromlist=["_"])
     except Exception as e:  # ImportError, or a dependency that fails at import
         raise NotInstalled(f"{library} is not installed here ({type(e).__name__}: {e})") from e
 
