@@ -40,7 +40,8 @@ def test_visible_code_is_at_most_60_lines(source):
     visible = [
         line
         for cell in _cells(source)
-        if cell.cell_type == "code" and not _tags(cell) & {"parameters", "hide-input", "remove-input", "remove-cell"}
+        # hide-input code is still on the page, behind a toggle: only removed input is not shown.
+        if cell.cell_type == "code" and not _tags(cell) & {"parameters", "remove-input", "remove-cell"}
         for line in _code_lines(cell.source)
     ]
     assert len(visible) <= MAX_VISIBLE_LINES, f"{source.name}: {len(visible)} visible code lines (at most {MAX_VISIBLE_LINES})"
@@ -49,7 +50,7 @@ def test_visible_code_is_at_most_60_lines(source):
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
 def test_only_hidden_drawing_helpers_define_functions(source):
     for i, cell in enumerate(_cells(source)):
-        if cell.cell_type != "code" or _tags(cell) & {"hide-input", "remove-input", "remove-cell"}:
+        if cell.cell_type != "code" or _tags(cell) & {"remove-input", "remove-cell"}:
             continue
         tree = ast.parse("\n".join(ln for ln in cell.source.splitlines() if not ln.lstrip().startswith(("%", "!"))))
         defined = [n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]

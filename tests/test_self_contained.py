@@ -11,7 +11,8 @@ import yaml
 from advlib import published
 
 ROOT = Path(__file__).resolve().parents[1]
-OUTSIDE = ("REFERENCE.md", "../shared", "shared/papers", "STYLE.md")
+# Spelt in pieces so that this file does not itself contain what it forbids.
+OUTSIDE = tuple("".join(parts) for parts in (("REFERENCE", ".md"), ("../", "shared"), ("shared", "/papers"), ("STYLE", ".md")))
 
 
 def _tracked() -> list[Path]:
@@ -23,10 +24,9 @@ def _tracked() -> list[Path]:
 
 
 def test_no_file_refers_to_anything_outside_the_repository():
-    me = Path(__file__).resolve()
     hits = []
     for path in _tracked():
-        if path.resolve() == me or not path.is_file() or path.suffix in {".json", ".png", ".gz"}:
+        if not path.is_file() or path.suffix in {".json", ".png", ".gz"}:
             continue
         text = path.read_text(encoding="utf-8", errors="ignore")
         hits += [f"{path.relative_to(ROOT)}: {word}" for word in OUTSIDE if word in text]
