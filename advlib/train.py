@@ -735,3 +735,20 @@ def trained(
 
     # The "training ..." line is redundant beside fit's own bar.
     return cached(config.as_dict(), build, train_it, name=config.name(), cache_dir=cache_dir, progress=False)
+
+
+def plane_network(train_set, *, hidden: int, epochs: int = 300, lr: float = 0.05, seed: int = 0,
+                  progress: bool = False) -> nn.Module:
+    """``models.mlp2d`` trained full-batch with Adam on a 2-D ``train_set``
+    (the toy studies of the DeepFool and perturbation chapters), its initial
+    weights drawn from torch seeded with ``seed`` (the global generator is
+    restored afterwards). Seconds: no cache needed."""
+    checks.integer(hidden, "hidden", low=1)
+    checks.integer(epochs, "epochs", low=1)
+    checks.integer(seed, "seed", low=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = models.mlp2d(hidden=hidden, num_classes=len(train_set.classes))
+    fit(net, train_set.x, train_set.y, epochs=epochs, lr=lr, optimizer="adam", batch_size=len(train_set.x),
+        seed=seed, progress=progress)
+    return net.eval()

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .. import checks, data, models, published, train
+from .. import checks, data, published, train
 from ..attacks import deepfool
 from . import _shared
 
@@ -120,20 +120,9 @@ def toy_sets(*, n_points: int = 1000, noise: float = 0.03, seed: int = 0) -> dic
     }
 
 
-def network(train_set: data.Dataset, *, hidden: int = 24, epochs: int = 300, lr: float = 0.05, seed: int = 0,
-            progress: bool = False) -> nn.Module:
-    """``models.mlp2d`` trained full-batch with Adam on ``train_set``; its
-    initial weights drawn from torch seeded with ``seed`` (the global
-    generator is restored afterwards). Seconds: no cache needed."""
-    checks.integer(hidden, "hidden", low=1)
-    checks.integer(epochs, "epochs", low=1)
-    checks.integer(seed, "seed", low=0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = models.mlp2d(hidden=hidden, num_classes=len(train_set.classes))
-    train.fit(net, train_set.x, train_set.y, epochs=epochs, lr=lr, optimizer="adam", batch_size=len(train_set.x),
-              seed=seed, progress=progress)
-    return net.eval()
+def network(train_set: data.Dataset, *, hidden: int = 24, **options: Any) -> nn.Module:
+    """This chapter's 2-D network: :func:`advlib.train.plane_network` with 24 hidden units by default."""
+    return train.plane_network(train_set, hidden=hidden, **options)
 
 
 def networks(toy: Mapping[str, Mapping[str, data.Dataset]], **options: Any) -> dict[str, nn.Module]:

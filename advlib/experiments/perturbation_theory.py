@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .. import checks, data, losses, models, theory
-from ..train import accuracy, fit
+from .. import checks, data, losses, theory
+from ..train import accuracy, plane_network
 from ..attacks import ifgs
 from . import _shared
 
@@ -43,20 +43,9 @@ def datasets(parameters: dict) -> set[str]:
     return {"circles"}
 
 
-def network(train_set: data.Dataset, *, hidden: int = 32, epochs: int = 300, lr: float = 0.05, seed: int = 0,
-            progress: bool = False) -> nn.Module:
-    """``models.mlp2d`` trained full-batch with Adam on ``train_set``, its
-    initial weights drawn from torch seeded with ``seed`` (the global
-    generator is restored afterwards). Seconds: no cache needed."""
-    checks.integer(hidden, "hidden", low=1)
-    checks.integer(epochs, "epochs", low=1)
-    checks.integer(seed, "seed", low=0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = models.mlp2d(hidden=hidden, num_classes=len(train_set.classes))
-    fit(net, train_set.x, train_set.y, epochs=epochs, lr=lr, optimizer="adam",
-              batch_size=len(train_set.x), seed=seed, progress=progress)
-    return net.eval()
+def network(train_set: data.Dataset, *, hidden: int = 32, **options: Any) -> nn.Module:
+    """This chapter's 2-D network: :func:`advlib.train.plane_network` with 32 hidden units by default."""
+    return plane_network(train_set, hidden=hidden, **options)
 
 
 def _grid(n: int) -> tuple[Tensor, Tensor]:
