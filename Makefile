@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test unit data book notebook html claims bench clean
+.PHONY: install test unit data book notebook html claims bench clean results
 
 # torch is pinned to the CPU build (pyproject.toml): an unpinned torch would pull GBs of CUDA wheels.
 # The peers (Foolbox 3, ART, torchattacks) are compared with advlib inside the book
@@ -38,10 +38,24 @@ data: $(STAMP)
 # Every notebook of _toc.yml with the preset's parameters, then the HTML (Sphinx
 # warnings are errors), checked for error output. Re-runnable: each run
 # re-executes everything from scratch.
+# RESULTS=dir: notebooks with a results file dir/<stem>.json (make results) show it instead of computing.
+RESULTS ?=
 book: data
 	@start=$$(date +%s); \
-	$(BIN)/python scripts/build_book.py build --preset $(PRESET) || exit $$?; \
+	$(BIN)/python scripts/build_book.py build --preset $(PRESET) $(if $(RESULTS),--results $(RESULTS)) || exit $$?; \
 	echo "make book: $$(( $$(date +%s) - start )) s wall time (preset $(PRESET), install excluded)"
+
+# Every chapter's results outside the notebooks, into results/$(PRESET)/<stem>.json,
+# on one process or on many (book/reproduce.md), e.g.
+#   make results PRESET=paper LAUNCH="torchrun --nproc_per_node 8"
+#   make book PRESET=paper RESULTS=results/paper
+# The peers chapter times libraries against each other: it runs on one process, in the book.
+LAUNCH ?= $(BIN)/python
+results: data
+	@for stem in $$($(BIN)/python scripts/build_book.py stems --sharded); do \
+	  echo "make results: $$stem"; \
+	  $(LAUNCH) -m advlib.experiments $$stem --preset $(PRESET) --out results/$(PRESET)/$$stem.json || exit $$?; \
+	done
 
 # One notebook with any parameters, e.g.
 #   make notebook NB=deepfool_geometry PARAMS="-p seed 1 -p epochs 500"

@@ -55,7 +55,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import Tensor, nn
 from tqdm import tqdm  # text bars (to stderr): tqdm.auto warns in notebooks without ipywidgets
 
-from . import checks, norms
+from . import checks, distributed, norms
 from .attacks._common import AttackResult, Box, attacking, check_inputs, check_labels, logits_of
 
 FORMULATIONS = ("targets", "disjunctive")
@@ -520,16 +520,24 @@ def minimal_perturbation(
         x_adv = x.detach().clone()
         out = dict(distance=np.full(n, math.inf), lower=np.zeros(n), seconds=np.zeros(n), programs=np.zeros(n, int))
         status = []
-        for i in tqdm(range(n), desc=f"exact L{p:g}", disable=not progress, leave=False):
-            found, record = _one(
+        bar = tqdm(total=n, desc=f"exact L{p:g}", disable=not progress, leave=False)
+
+        def solve(i: int, _: int):
+            found = _one(
                 model, model64, layers, x[i], flat[i], int(label[i]), p, box,
                 None if start is None else start[i], formulation, time_limit, mip_rel_gap, bounds == "linear",
             )
+            bar.update(1)
+            return found
+
+        # One image per chunk: under torchrun each rank solves a contiguous run of them.
+        for i, (found, record) in enumerate(distributed.map_chunks(solve, n, 1)):
             if found is not None:
                 x_adv[i] = found
             for key in out:
                 out[key][i] = record[key]
             status.append(record["status"])
+        bar.close()
         label_adv = logits_of(model, x_adv).argmax(1)
 
     distance = torch.as_tensor(out["distance"])

@@ -13,11 +13,14 @@ import ast
 import io
 import tokenize
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+
+import yaml
 
 # Parameters every notebook declares and the build always sets.
 INJECTED = ("preset", "results_json")
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+PRESETS = NOTEBOOKS.parent / "presets.yml"
 
 
 class ParameterError(ValueError):
@@ -99,3 +102,81 @@ def read_parameters(source: str | Path) -> dict[str, dict[str, Any]]:
 def source_of(stem: str) -> Path:
     """``notebooks/<stem>.md`` of this checkout."""
     return NOTEBOOKS / f"{stem}.md"
+
+
+# ---------------------------------------------------------------- presets and values
+
+
+def parse_value(text: str) -> Any:
+    """A ``-p NAME VALUE`` value, read as papermill's command line reads it:
+    True/False/None, then int, then float, else the string itself."""
+    if text in ("True", "False", "None"):
+        return {"True": True, "False": False, "None": None}[text]
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def check_parameters(stem: str, values: Mapping[str, Any], declared: Mapping[str, Mapping[str, Any]]) -> None:
+    """Unknown names and plainly mistyped values are errors (papermill only warns)."""
+    unknown = sorted(set(values) - set(declared))
+    if unknown:
+        known = ", ".join(sorted(declared))
+        raise ParameterError(f"{stem}: unknown parameter(s) {', '.join(unknown)}; the notebook's parameters are: {known}")
+    for name, value in values.items():
+        want = _TYPES.get(declared[name]["type"] or "")
+        if want is None:
+            continue
+        if (isinstance(value, bool) and bool not in want) or not isinstance(value, want):
+            raise ParameterError(
+                f"{stem}: parameter {name} is declared {declared[name]['type']}, got {value!r} ({type(value).__name__})"
+            )
+
+
+def load_presets(path: Path = PRESETS) -> dict[str, dict[str, dict[str, Any]]]:
+    """presets.yml: preset -> notebook stem -> {parameter: value}."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ParameterError(f"{path}: expected a mapping preset -> notebook -> parameters")
+    for preset, notebooks in data.items():
+        if not isinstance(notebooks, dict):
+            raise ParameterError(f"{path}: preset {preset!r} must map notebook stems to parameters")
+        for stem, params in notebooks.items():
+            if not isinstance(params, dict):
+                raise ParameterError(f"{path}: {preset}.{stem} must be a mapping of parameter: value")
+            clash = sorted(set(params) & set(INJECTED))
+            if clash:
+                raise ParameterError(f"{path}: {preset}.{stem} sets {clash}, which the build injects itself")
+    return data
+
+
+def chosen(where: str, declared: Mapping[str, Any], preset: str, presets: Mapping[str, Any],
+           overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The values a run sets, over the cell's defaults: the preset's for this
+    notebook (``presets[preset][stem]``, ``where`` naming it), then
+    ``overrides``, each checked against the cell ``declared``; and ``preset``."""
+    if preset not in presets:
+        raise ParameterError(f"unknown preset {preset!r}; presets.yml has: {', '.join(presets)}")
+    from_preset = dict(presets[preset].get(where) or {})
+    check_parameters(f"{where} (preset {preset})", from_preset, declared)
+    overrides = dict(overrides or {})
+    clash = sorted(set(overrides) & set(INJECTED))
+    if clash:
+        raise ParameterError(f"{where}: {clash} are set by the build (use --preset / the default output path)")
+    check_parameters(where, overrides, declared)
+    return {**from_preset, **overrides, "preset": preset}
+
+
+def effective(stem: str, preset: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every parameter of ``notebooks/<stem>.md`` as the book runs it with
+    ``preset`` and ``overrides``: the cell's defaults, then :func:`chosen`'s
+    values (``results_json`` keeps its default). What ``python -m
+    advlib.experiments`` hands a chapter."""
+    declared = read_parameters(source_of(stem))
+    return {name: spec["default"] for name, spec in declared.items()} | chosen(stem, declared, preset, load_presets(), overrides)

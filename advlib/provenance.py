@@ -324,6 +324,10 @@ class Run:
         rows.append(("started (UTC)", record["started"]))
         rows.append(("wall time", f"{record['wall_time_s']:.1f} s"))
         rows.append(("results saved", ", ".join(record["results"]) or "none"))
+        by = record["results"].get("produced_by")
+        if by:  # shown from a results file (results_from), computed elsewhere
+            rows.append(("computed by", f"{by.get('command')} on {by.get('world_size')} process(es): "
+                                        f"{', '.join(by.get('devices') or [])}; file {by.get('results_file')}"))
         return pd.DataFrame(rows, columns=["what", "value"]).set_index("what")
 
 

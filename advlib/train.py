@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm  # text bars (to stderr): tqdm.auto warns in notebooks without ipywidgets
 
-from . import checks, models
+from . import checks, distributed, models
 
 # Bump when what a cache file means changes (its contents, or the layers a
 # builder makes for a name): old files then get new keys and are never read.
@@ -515,9 +515,18 @@ def cached(
     checks.flag(progress, "progress")
     key = cache_key(recipe)
     pt, js = _paths(name, recipe, cache_dir)
-    if pt.exists() and js.exists():
-        return _load(name, recipe, key, build, pt, js)
+    # Under torchrun only rank 0 trains; the others load what it wrote (advlib.distributed).
+    with distributed.rank_zero_first():
+        if pt.exists() and js.exists():
+            return _load(name, recipe, key, build, pt, js)
+        if distributed.rank() != 0:
+            raise CacheError(f"rank {distributed.rank()}: rank 0 trained {name} but {pt} is not there: "
+                             "the ranks must share the cache directory ($ADVLIB_CACHE)")
+        return _train(name, recipe, key, build, fit, pt, js, progress)
 
+
+def _train(name, recipe, key, build, fit, pt, js, progress):
+    """``cached``'s miss: train, then write the weights and the record atomically."""
     _usable_dir(pt.parent)
     if progress:
         tqdm.write(f"advlib: training {name} ({key}), not in the cache {pt.parent}", file=sys.stderr)

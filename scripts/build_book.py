@@ -18,6 +18,8 @@ Commands (``--help`` on each):
                                                    one notebook, with any parameters
     build_book.py params STEM                      the parameters a notebook takes
     build_book.py html                             the HTML from book/executed as it is
+    build_book.py build --results DIR              show the results files of DIR (make results)
+    build_book.py stems [--sharded]                the notebooks of _toc.yml
 
 Presets (presets.yml) map preset -> notebook stem -> {parameter: value}; a
 notebook not listed runs with its defaults. Every notebook declares the two
@@ -42,7 +44,9 @@ from typing import Any, Callable, Iterable, Mapping
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # advlib of this checkout, installed or not
-from advlib.parameters import INJECTED, ParameterError, parse_parameters_cell, read_parameters  # noqa: E402
+from advlib.parameters import (  # noqa: E402
+    INJECTED, ParameterError, check_parameters, chosen, load_presets, parse_parameters_cell, parse_value, read_parameters,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL = "python3"
@@ -100,55 +104,6 @@ class Layout:
 # ---------------------------------------------------------------- parameters
 
 
-def parse_value(text: str) -> Any:
-    """A ``-p NAME VALUE`` value, read as papermill's command line reads it:
-    True/False/None, then int, then float, else the string itself."""
-    if text in ("True", "False", "None"):
-        return {"True": True, "False": False, "None": None}[text]
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
-
-
-def check_parameters(stem: str, values: Mapping[str, Any], declared: Mapping[str, Mapping[str, Any]]) -> None:
-    """Unknown names and plainly mistyped values are errors (papermill only warns)."""
-    unknown = sorted(set(values) - set(declared))
-    if unknown:
-        known = ", ".join(sorted(declared))
-        raise BuildError(f"{stem}: unknown parameter(s) {', '.join(unknown)}; the notebook's parameters are: {known}")
-    for name, value in values.items():
-        want = _TYPES.get(declared[name]["type"] or "")
-        if want is None:
-            continue
-        if (isinstance(value, bool) and bool not in want) or not isinstance(value, want):
-            raise BuildError(
-                f"{stem}: parameter {name} is declared {declared[name]['type']}, got {value!r} ({type(value).__name__})"
-            )
-
-
-def load_presets(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
-    """presets.yml: preset -> notebook stem -> {parameter: value}."""
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise BuildError(f"{path}: expected a mapping preset -> notebook -> parameters")
-    for preset, notebooks in data.items():
-        if not isinstance(notebooks, dict):
-            raise BuildError(f"{path}: preset {preset!r} must map notebook stems to parameters")
-        for stem, params in notebooks.items():
-            if not isinstance(params, dict):
-                raise BuildError(f"{path}: {preset}.{stem} must be a mapping of parameter: value")
-            clash = sorted(set(params) & set(INJECTED))
-            if clash:
-                raise BuildError(f"{path}: {preset}.{stem} sets {clash}, which the build injects itself")
-    return data
-
-
 def resolve_parameters(
     stem: str,
     preset: str,
@@ -165,17 +120,8 @@ def resolve_parameters(
     notebook must save in its provenance.
     """
     presets = load_presets(layout.presets) if presets is None else presets
-    if preset not in presets:
-        raise BuildError(f"unknown preset {preset!r}; presets.yml has: {', '.join(presets)}")
     declared = read_parameters(layout.source(stem))
-    from_preset = dict(presets[preset].get(stem) or {})
-    check_parameters(f"{stem} (preset {preset})", from_preset, declared)
-    overrides = dict(overrides or {})
-    clash = sorted(set(overrides) & set(INJECTED))
-    if clash:
-        raise BuildError(f"{stem}: {clash} are set by the build (use --preset / the default output path)")
-    check_parameters(stem, overrides, declared)
-    injected = {**from_preset, **overrides, "preset": preset, "results_json": results_path(stem, layout)}
+    injected = chosen(stem, declared, preset, presets, overrides) | {"results_json": results_path(stem, layout)}
     effective = {name: spec["default"] for name, spec in declared.items()} | injected
     return injected, effective
 
@@ -551,8 +497,12 @@ def check_html(layout: Layout = Layout()) -> None:
 # ---------------------------------------------------------------- the whole book
 
 
-def build(preset: str = DEFAULT_PRESET, *, layout: Layout = Layout()) -> Path:
-    """Every notebook of _toc.yml with the preset, then the HTML, checked."""
+def build(preset: str = DEFAULT_PRESET, *, layout: Layout = Layout(), results: Path | None = None) -> Path:
+    """Every notebook of _toc.yml with the preset, then the HTML, checked.
+
+    ``results``: a folder of results files (``make results``: ``<stem>.json``
+    by ``python -m advlib.experiments``); a notebook with a file there shows
+    it (its parameter ``results_from``) instead of computing."""
     t0 = time.perf_counter()
     presets = load_presets(layout.presets)
     stems = toc_notebooks(layout.toc, layout)
@@ -569,7 +519,12 @@ def build(preset: str = DEFAULT_PRESET, *, layout: Layout = Layout()) -> Path:
     print(f"[book] kernel {kernel['name']} from {kernel['resource_dir']}")
     times = {}
     for stem in stems:
-        times[stem] = run_notebook(stem, preset, layout=layout, presets=presets, check_data=False)["seconds"]
+        overrides = {}
+        if results is not None and (results / f"{stem}.json").is_file():
+            overrides["results_from"] = str((results / f"{stem}.json").resolve())
+            print(f"[book] {stem}: shows {results / f'{stem}.json'} instead of computing")
+        times[stem] = run_notebook(stem, preset, overrides=overrides, layout=layout, presets=presets,
+                                   check_data=False)["seconds"]
     index = build_html(layout)
     check_html(layout)
     total = time.perf_counter() - t0
@@ -585,6 +540,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p_build = sub.add_parser("build", help="execute every notebook of _toc.yml, then build the HTML")
     p_build.add_argument("--preset", default=DEFAULT_PRESET)
+    p_build.add_argument("--results", type=Path, help="a folder of results files (make results) to show instead of computing")
+
+    p_stems = sub.add_parser("stems", help="the notebooks of _toc.yml, in book order, one a line")
+    p_stems.add_argument("--sharded", action="store_true", help="only those python -m advlib.experiments may run under torchrun")
 
     p_run = sub.add_parser("run", help="execute one notebook with any parameters")
     p_run.add_argument("stem", help="the notebook, notebooks/<stem>.md")
@@ -607,7 +566,15 @@ def main(argv: list[str] | None = None) -> int:
     layout = Layout()
     try:
         if args.command == "build":
-            build(args.preset, layout=layout)
+            if args.results is not None and not args.results.is_dir():
+                raise BuildError(f"--results {args.results}: no such folder (make results PRESET={args.preset} makes it)")
+            build(args.preset, layout=layout, results=args.results)
+        elif args.command == "stems":
+            from advlib import experiments
+
+            for stem in toc_notebooks(layout.toc, layout):
+                if not (args.sharded and getattr(experiments.chapter_module(stem), "SINGLE_PROCESS", False)):
+                    print(stem)
         elif args.command == "run":
             overrides: dict[str, Any] = {}
             for text in args.yaml:

@@ -199,11 +199,11 @@ def test_parse_value_reads_like_papermill():
 def test_unknown_or_mistyped_parameters_are_errors():
     declared = {"seed": {"type": "int", "default": 0, "help": ""}, "lr": {"type": "float", "default": 0.1, "help": ""}}
     bb.check_parameters("nb", {"seed": 3, "lr": 1}, declared)  # an int is a fine float
-    with pytest.raises(bb.BuildError, match=r"unknown parameter\(s\) sed.*lr, seed"):
+    with pytest.raises(bb.STOPS, match=r"unknown parameter\(s\) sed.*lr, seed"):
         bb.check_parameters("nb", {"sed": 3}, declared)
-    with pytest.raises(bb.BuildError, match="declared int"):
+    with pytest.raises(bb.STOPS, match="declared int"):
         bb.check_parameters("nb", {"seed": "three"}, declared)
-    with pytest.raises(bb.BuildError, match="declared int"):
+    with pytest.raises(bb.STOPS, match="declared int"):
         bb.check_parameters("nb", {"seed": True}, declared)
 
 
@@ -325,11 +325,11 @@ def test_resolve_parameters_layers_defaults_preset_and_overrides(tiny_root):
     injected, effective = bb.resolve_parameters("tiny", "paper", layout=tiny_root)
     assert injected == {"preset": "paper", "results_json": "book/executed/tiny.json"}
     assert effective["seed"] == 0 and effective["divisor"] == 1
-    with pytest.raises(bb.BuildError, match="unknown parameter"):
+    with pytest.raises(bb.STOPS, match="unknown parameter"):
         bb.resolve_parameters("tiny", "quick", layout=tiny_root, overrides={"n_images": 5})
-    with pytest.raises(bb.BuildError, match="unknown preset"):
+    with pytest.raises(bb.STOPS, match="unknown preset"):
         bb.resolve_parameters("tiny", "fast", layout=tiny_root)
-    with pytest.raises(bb.BuildError, match="set by the build"):
+    with pytest.raises(bb.STOPS, match="set by the build"):
         bb.resolve_parameters("tiny", "quick", layout=tiny_root, overrides={"results_json": "x.json"})
 
 

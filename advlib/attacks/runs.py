@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from .. import checks
+from .. import checks, distributed
 from ._common import AttackResult, attacking, begin, check_inputs
 
 # Trace records whose rows are iterates: a batch that finished early repeats
@@ -37,6 +38,11 @@ def batched(
     when given. Each batch is judged by its own forward pass; the samples
     are independent (eval mode), so the result is the batch attack's.
 
+    Under ``torchrun`` (:mod:`advlib.distributed`) each rank attacks a
+    contiguous run of the batches, on its device (a copy of ``model`` moved
+    there), and every rank returns the whole result on the CPU: the same
+    batches, so the same numbers, as one process.
+
     Example::
 
         res = attacks.batched(attacks.deepfool, model, test.x, size=500, p=2)
@@ -49,18 +55,23 @@ def batched(
         if value is not None and (not isinstance(value, Tensor) or value.shape[:1] != x.shape[:1]):
             shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
             raise ValueError(f"{name} must be a tensor of shape [N] = [{x.shape[0]}] to match x, got {shape}")
-    parts = []
-    for i in range(0, x.shape[0], size):
+    where = distributed.device() if distributed.active() else None
+    if where is not None and any(t.device != where for t in model.parameters()):
+        model = copy.deepcopy(model).to(where)  # a copy: attacks never change the model they are given
+
+    def one(i: int, j: int) -> AttackResult:
         kw = dict(options)
         if label is not None:
-            kw["label"] = label[i : i + size]
+            kw["label"] = label[i:j] if where is None else label[i:j].to(where)
         if target is not None:
-            kw["target"] = target[i : i + size]
-        res = attack(model, x[i : i + size], **kw)
+            kw["target"] = target[i:j] if where is None else target[i:j].to(where)
+        res = attack(model, x[i:j] if where is None else x[i:j].to(where), **kw)
         if not isinstance(res, AttackResult):
             raise TypeError(f"attack must return an AttackResult, got {type(res).__name__}")
-        parts.append(res)
-    return join(parts)
+        return res
+
+    # Under torchrun each rank attacks a contiguous run of the batches (advlib.distributed).
+    return join(distributed.map_chunks(one, x.shape[0], size))
 
 
 def join(parts: list[AttackResult]) -> AttackResult:

@@ -11,7 +11,7 @@ pre-formatted verdicts the prose glues in.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .. import checks, losses
@@ -73,6 +73,31 @@ def claims_table(claims: Mapping[str, Mapping[str, Any]], paper: Mapping[str, st
         for k, c in claims.items()
     }
     return pd.DataFrame(rows).T.rename_axis("claim").style.set_properties(**{"text-align": "left"})
+
+
+def arguments(fn: Callable[..., Any], parameters: Mapping[str, Any], **renamed: str) -> dict[str, Any]:
+    """The keyword arguments of ``fn`` (a chapter's ``run``) that the notebook
+    ``parameters`` hold under the same name, or under ``renamed[argument]``:
+    how ``compute`` passes a notebook's parameters on, so that no list of them
+    is written twice."""
+    import inspect
+
+    names = [n for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    out = {n: parameters[renamed.get(n, n)] for n in names if renamed.get(n, n) in parameters}
+    unknown = sorted(set(renamed) - set(names))
+    if unknown:
+        raise TypeError(f"{fn.__qualname__} has no argument(s) {', '.join(unknown)}")
+    return out
+
+
+def call(fn: Callable[..., Any], parameters: Mapping[str, Any], given: Mapping[str, Any], **renamed: str) -> Any:
+    """``fn(**arguments(fn, parameters, **renamed), **given)``, of ``given``
+    only the entries ``fn`` takes (a chapter's ``load`` also returns what
+    only the notebook shows, such as the training record)."""
+    import inspect
+
+    takes = inspect.signature(fn).parameters
+    return fn(**{**arguments(fn, parameters, **renamed), **{k: v for k, v in given.items() if k in takes}})
 
 
 def jsonable(results: dict[str, Any]) -> dict[str, Any]:

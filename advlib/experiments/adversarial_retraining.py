@@ -20,7 +20,7 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,7 @@ from torch import nn
 from .. import attacks, checks, data, detection, metrics, models
 from ..attacks import ifgs
 from ..train import predict
-from . import _shared
+from . import _shared, table1
 
 ARCH_NAMES = {"fc500-150-10": "FC500-150-10", "lenet": "LeNet", "nin-small": "NIN-small"}
 EXTRA_GENUINE = 3  # extra genuine images per attacked one: Table III's sets are half genuine, half adversarial
@@ -53,6 +53,22 @@ def _pool(model: nn.Module, split: data.Dataset, n: int) -> dict[str, Any]:
     correct = data.first_correct(model, split, (1 + EXTRA_GENUINE) * n)
     x = correct.x[:n]
     return {"x": x, "target": attacks.least_likely(model, x), "extra": correct.x[n:], "index": correct.index}
+
+
+def load(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """What the chapter attacks, from the notebook's parameters: the LeNet
+    (``model``, ``info``; table1's recipe, or ``lenet_epochs``) and the
+    ``train`` and ``test`` splits of ``dataset``."""
+    epochs = parameters.get("lenet_epochs", 0)
+    model, info = table1.network("LeNet (MNIST)", parameters["dataset"], seed=parameters["seed"],
+                                 **({"epochs": epochs} if epochs else {}))
+    return {"model": model, "info": info, **{s: data.load(parameters["dataset"], s) for s in ("train", "test")}}
+
+
+def compute(parameters: Mapping[str, Any], **given: Any) -> dict[str, Any]:
+    """:func:`run` with the notebook's ``parameters``, on what :func:`load`
+    gives (or on ``given``, what the notebook loaded)."""
+    return _shared.call(run, parameters, given or load(parameters), batch_size="attack_batch")
 
 
 def run(

@@ -173,6 +173,22 @@ def _saliency(model: nn.Module, x: Tensor, target: int, *, gamma: float, theta: 
 # ---------------------------------------------------------------- the protocol
 
 
+def load(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """What the chapter attacks, from the notebook's parameters: the network
+    distilled at each of the ``temperatures`` (``networks``, and ``infos``,
+    their training records; :func:`config`) and the ``test`` split."""
+    networks, infos = {}, {}
+    for t in parameters["temperatures"]:
+        networks[t], infos[t] = distillation.distilled(config(parameters), t, progress=False)
+    return {"networks": networks, "infos": infos, "test": data.load(parameters["dataset"], "test")}
+
+
+def compute(parameters: Mapping[str, Any], **given: Any) -> dict[str, Any]:
+    """:func:`run` with the notebook's ``parameters``, on what :func:`load`
+    gives (or on ``given``, what the notebook loaded)."""
+    return _shared.call(run, parameters, given or load(parameters), batch_size="attack_batch")
+
+
 def run(
     *,
     networks: Mapping[float, nn.Module],

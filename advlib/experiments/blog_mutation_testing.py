@@ -48,7 +48,7 @@ from .. import checks, data, metrics
 from ..attacks import cw_l2, deepfool, fgsm, jsma
 from ..defences import mutation
 from ..train import predict
-from . import _shared
+from . import _shared, table1
 
 ATTACKS = ("FGSM", "JSMA", "C&W", "DeepFool")
 """The attacks, by the names the paper's tables give them."""
@@ -85,6 +85,20 @@ def _attack_stats(x: Tensor, res) -> dict[str, Any]:
     return {"success_rate": res.success_rate, "kept": int(ok.sum()),
             "median_l2": med(r.norm(dim=1)), "median_linf": med(r.abs().amax(1)),
             "median_l0_share": med((r != 0).double().mean(1))}
+
+
+def load(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """What the chapter attacks, from the notebook's parameters: the Table 1
+    LeNet of ``dataset`` (``model``, ``info``) and its ``test`` split."""
+    model, info = table1.network("LeNet (MNIST)", parameters["dataset"])
+    return {"model": model, "info": info, "test": data.load(parameters["dataset"], "test")}
+
+
+def compute(parameters: Mapping[str, Any], **given: Any) -> dict[str, Any]:
+    """:func:`run` with the notebook's ``parameters``, on what :func:`load`
+    gives (or on ``given``, what the notebook loaded)."""
+    rates = {op: parameters[f"{op.lower()}_rate"] for op in ("GF", "WS", "NS", "NAI")}
+    return _shared.call(run, parameters, {"rates": rates, **(given or load(parameters))})
 
 
 def run(

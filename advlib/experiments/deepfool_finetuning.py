@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from .. import attacks, checks, data, metrics, train
 from ..attacks import deepfool, fgsm, fgsm_min_eps
-from . import table1
+from . import _shared, table1
 from ._shared import claim
 
 RUNS = ("deepfool", "fgsm", "clean")
@@ -307,6 +307,12 @@ def _rounded(image: Tensor) -> list:
 
 
 # ---------------------------------------------------------------- the chapter
+
+
+def compute(parameters: Mapping[str, Any], **given: Any) -> dict[str, Any]:
+    """:func:`run` with the notebook's ``parameters`` (``given``: more of run's
+    arguments, e.g. networks already loaded)."""
+    return run(**_shared.arguments(run, parameters, batch="attack_batch"), network_overrides=table1.overrides_of(parameters), **given)
 
 
 def run(

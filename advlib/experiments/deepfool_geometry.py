@@ -187,6 +187,21 @@ def _test_stats(model: nn.Module, test: data.Dataset, options: Mapping[str, Any]
     }
 
 
+def load(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``toy`` sets (:func:`toy_sets`) and the ``nets`` trained on them
+    (:func:`networks`), from the notebook's parameters."""
+    toy = toy_sets(n_points=parameters["n_points"], noise=parameters["noise"], seed=parameters["seed"])
+    nets = networks(toy, hidden=parameters["hidden"], epochs=parameters["epochs"], lr=parameters["lr"],
+                    seed=parameters["seed"])
+    return {"toy": toy, "nets": nets}
+
+
+def compute(parameters: Mapping[str, Any], **given: Any) -> dict[str, Any]:
+    """:func:`run` with the notebook's ``parameters``, on what :func:`load`
+    gives (or on ``given``, what the notebook loaded)."""
+    return _shared.call(run, parameters, given or load(parameters))
+
+
 def run(
     *,
     nets: Mapping[str, nn.Module],

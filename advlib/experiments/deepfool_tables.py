@@ -392,6 +392,12 @@ def _claims(rows: Mapping[str, Mapping[str, Any]], fgsm_fraction: float) -> dict
     return claims
 
 
+def compute(parameters: Mapping[str, Any], **given: Any) -> dict[str, Any]:
+    """:func:`run` with the notebook's ``parameters`` (``given``: more of run's
+    arguments, e.g. networks already loaded)."""
+    return run(**_shared.arguments(run, parameters), network_overrides=table1.overrides_of(parameters), **given)
+
+
 def run(
     *,
     mnist_rows_dataset: str = "fashion-mnist",

@@ -252,6 +252,12 @@ def claims(results: Mapping[str, Any], *, tolerance: float, near: float) -> dict
 # ------------------------------------------------------------ the protocol
 
 
+def compute(parameters: Mapping[str, Any], **given: Any) -> dict[str, Any]:
+    """:func:`run` with the notebook's ``parameters`` (``given``: more of run's
+    arguments, e.g. networks already loaded)."""
+    return run(**_shared.arguments(run, parameters), **given)
+
+
 def run(
     *,
     seed: int = 0,

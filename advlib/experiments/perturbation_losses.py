@@ -22,14 +22,14 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from .. import attacks, checks, data, metrics
 from ..attacks import ifgs
-from . import _shared
+from . import _shared, table1
 
 EM, EP = "equal multiplier", "equal perturbation"
 SETTINGS = (EM, EP)
@@ -52,6 +52,22 @@ def _median(values: torch.Tensor) -> float:
     v = values.double()
     v = v[~v.isnan()]
     return v.quantile(0.5).item() if v.numel() else math.nan
+
+
+def load(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """What the chapter attacks, from the notebook's parameters: the LeNet
+    (``model``, ``info``; table1's recipe, or ``lenet_epochs``) and the
+    ``test`` split of ``dataset``."""
+    epochs = parameters.get("lenet_epochs", 0)
+    model, info = table1.network("LeNet (MNIST)", parameters["dataset"], seed=parameters["seed"],
+                                 **({"epochs": epochs} if epochs else {}))
+    return {"model": model, "info": info, "test": data.load(parameters["dataset"], "test")}
+
+
+def compute(parameters: Mapping[str, Any], **given: Any) -> dict[str, Any]:
+    """:func:`run` with the notebook's ``parameters``, on what :func:`load`
+    gives (or on ``given``, what the notebook loaded)."""
+    return _shared.call(run, parameters, given or load(parameters), batch_size="attack_batch")
 
 
 def run(

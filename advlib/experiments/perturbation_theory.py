@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -107,6 +107,22 @@ def _paths(model, x0: Tensor, sources: dict[str, losses.Loss], steps: int, alpha
             "retrace_error": retrace_error,
         }
     return size, iterates, traces, summary
+
+
+def load(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """``train`` and ``test`` (make_circles with the notebook's ``n_samples``,
+    ``noise``, ``factor``, ``seed``) and the trained ``model`` (:func:`network`)."""
+    circles = {k: parameters[k] for k in ("n_samples", "noise", "factor", "seed")}
+    train_set, test_set = (data.load("circles", split, **circles) for split in ("train", "test"))
+    model = network(train_set, hidden=parameters["hidden"], epochs=parameters["epochs"], lr=parameters["lr"],
+                    seed=parameters["seed"])
+    return {"model": model, "train": train_set, "test": test_set}
+
+
+def compute(parameters: Mapping[str, Any], **given: Any) -> dict[str, Any]:
+    """:func:`run` with the notebook's ``parameters``, on what :func:`load`
+    gives (or on ``given``, what the notebook loaded)."""
+    return _shared.call(run, parameters, given or load(parameters))
 
 
 def run(

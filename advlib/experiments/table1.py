@@ -14,7 +14,7 @@ chapter states them beside its numbers. The keys of a recipe are
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from .. import checks, data, train
 
@@ -136,6 +136,15 @@ def overrides(
             if row.paper_data == "CIFAR-10":
                 out.setdefault(label, {})["train_limit"] = cifar_train_limit or None
     return out
+
+
+def overrides_of(parameters: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """:func:`overrides` from a chapter's notebook parameters (those of its
+    names the notebook declares)."""
+    import inspect
+
+    names = inspect.signature(overrides).parameters
+    return overrides(**{k: parameters[k] for k in names if k in parameters})
 
 
 def test_set(config: train.TrainConfig) -> data.Dataset:
