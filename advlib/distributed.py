@@ -31,10 +31,19 @@ from . import checks
 TIMEOUT = datetime.timedelta(minutes=30)
 
 
+_solo = False  # inside rank_zero_first on rank 0: the others are not there to share the work
+
+
 def active() -> bool:
     """Whether this process is one rank of several (a process group is up)."""
     dist = torch.distributed
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def sharing() -> bool:
+    """Whether work can be split now: several ranks, all of them at this point
+    (not inside :func:`rank_zero_first`, where rank 0 works alone)."""
+    return active() and not _solo
 
 
 def rank() -> int:
@@ -94,7 +103,7 @@ def map_chunks(fn: Callable[[int, int], Any], n: int, size: int) -> list[Any]:
     n = checks.integer(n, "n", low=0)
     size = checks.integer(size, "size", low=1)
     chunks = [(s, min(s + size, n)) for s in range(0, n, size)]
-    if not active():
+    if not sharing():
         return [fn(s, e) for s, e in chunks]
     mine = [_to_cpu(fn(*chunks[i])) for i in shard(len(chunks), world_size(), rank())]
     everyone: list[Any] = [None] * world_size()
@@ -106,15 +115,25 @@ def map_chunks(fn: Callable[[int, int], Any], n: int, size: int) -> list[Any]:
 def rank_zero_first() -> Iterator[None]:
     """Rank 0 runs the block first; the others run it once rank 0 is done (for
     the training cache: rank 0 trains and writes the file, the others load it).
+    Inside, rank 0 works alone: :func:`map_chunks` does every chunk itself, so
+    per-image work that only training needs (a robustness measure after each
+    epoch) is not split; split work the others need too before the block.
     A plain block without ``torchrun``."""
-    if not active():
+    global _solo
+    if not sharing():
         yield
         return
     if rank() != 0:
         torch.distributed.barrier()
-    yield
-    if rank() == 0:
-        torch.distributed.barrier()
+        yield
+        return
+    # Rank 0 alone: work inside (an attack during training) must not wait for the others.
+    _solo = True
+    try:
+        yield
+    finally:
+        _solo = False
+    torch.distributed.barrier()
 
 
 def _to_cpu(value: Any) -> Any:

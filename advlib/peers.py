@@ -31,13 +31,15 @@ BOX = (0.0, 1.0)
 
 # One setting per attack, shared by every library. DeepFool: the paper's; FGSM: one
 # eps in L-inf; C&W L2: Foolbox's options at a budget a CPU build affords; JSMA:
-# Papernot et al.'s theta and gamma, towards the next class (torchattacks' default target).
+# Papernot et al.'s theta and gamma, towards the next class (torchattacks' default target); advlib
+# reads the saliency map of the softmax as the paper does (space="probs"; ART and torchattacks take the
+# gradients of the model's output, here the logits, and have no such option).
 SETTINGS = {
     "deepfool_l2": dict(overshoot=0.02, candidates=10, max_iter=50),
     "deepfool_linf": dict(overshoot=0.02, candidates=10, max_iter=50),
     "fgsm": dict(eps=0.1),
     "cw_l2": dict(search_steps=5, max_iter=100, lr=0.01, kappa=0.0, c_init=1e-3),
-    "jsma": dict(theta=1.0, gamma=0.1),
+    "jsma": dict(theta=1.0, gamma=0.1, space="probs"),
 }
 TARGETED = {"jsma"}
 # Which norm the attack's size is read in: L0 counts changed features.

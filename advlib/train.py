@@ -355,6 +355,13 @@ def _paths(name: str, recipe: Mapping[str, Any], cache_dir) -> tuple[Path, Path]
     return root / f"{stem}.pt", root / f"{stem}.json"
 
 
+def in_cache(recipe: Mapping[str, Any], name: str, cache_dir=None) -> bool:
+    """Whether :func:`cached` would load ``recipe`` rather than train it (its
+    files are there; they are checked when loaded)."""
+    pt, js = _paths(name, _canonical(recipe), cache_dir)
+    return pt.exists() and js.exists()
+
+
 def _delete_hint(*paths: Path) -> str:
     return "delete " + " and ".join(str(p) for p in paths) + " to retrain"
 

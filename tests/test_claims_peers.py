@@ -53,3 +53,11 @@ def test_the_saved_verdicts_follow_from_the_rows(results):
 def test_deepfool_is_no_larger_than_foolbox(results):
     claim = results["claims"]["deepfool_no_larger_than_foolbox"]
     assert claim["holds"], claim["cases"]
+
+
+@pytest.mark.claims
+def test_deepfool_default_is_algorithm_2_on_99_percent(results):
+    for row, entry in results["rows"].items():
+        for attack in ("deepfool_l2", "deepfool_linf"):
+            share = entry["attacks"][attack]["advlib"]["same_as_algorithm_2"]
+            assert share >= 0.99, f"{row} / {attack}: {share:.3f} of the images as refresh=None"

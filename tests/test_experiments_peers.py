@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from advlib import data, peers, train
+from advlib import attacks, data, peers, train
 from advlib.experiments import peers as chapter
 
 
@@ -71,6 +71,22 @@ def test_ratios_and_claims_follow_from_the_numbers(result):
     assert c["holds"] == all(v["advlib"] >= v["best_peer"] - 0.01 for v in c["cases"].values())
 
 
+def test_targets_are_read_on_the_named_peer_or_the_fastest():
+    def lib(speed):
+        return {"ran": True, "images_per_s": speed}
+
+    out = {"rows": {"net": {"attacks": {
+        "deepfool_l2": {"advlib": lib(90.0), "Foolbox 3": lib(10.0), "ART": lib(1.0)},
+        "cw_l2": {"advlib": lib(5.0), "Foolbox 3": lib(1.0), "torchattacks": lib(2.0)},
+        "jsma": {"advlib": lib(5.0), "ART": {"ran": False, "reason": "not installed"}},
+        "fgsm": {"advlib": lib(5.0), "ART": lib(50.0)},
+    }}}}
+    got = chapter.targets(out)
+    assert set(got) == {"net / deepfool_l2", "net / cw_l2"}  # no target for FGSM; no peer ran JSMA
+    assert got["net / deepfool_l2"] == {"against": "Foolbox 3", "target": 10.0, "ratio": 9.0, "met": False}
+    assert got["net / cw_l2"] == {"against": "torchattacks", "target": 3.0, "ratio": 2.5, "met": False}
+
+
 def test_a_missing_library_is_a_row_not_a_crash(tiny, monkeypatch):
     real = peers._import
 
@@ -97,3 +113,23 @@ def test_sizes_are_compared_on_the_images_both_fooled():
     mine, theirs = chapter._common_medians([1.0, None, 3.0, 5.0], [2.0, 2.0, None])
     assert (mine, theirs) == (1.0, 2.0)
     assert chapter._common_medians([None], [1.0]) == (None, None)
+
+
+def test_deepfool_rows_say_how_often_the_default_is_algorithm_2(result):
+    libs = result["rows"]["LeNet (MNIST)"]["attacks"]["deepfool_l2"]
+    share = libs["advlib"]["same_as_algorithm_2"]
+    assert 0 <= share <= 1 and "same_as_algorithm_2" not in libs["Foolbox 3"]
+    assert "same_as_algorithm_2" not in result["rows"]["LeNet (MNIST)"]["attacks"]["fgsm"]["advlib"]
+    c = result["claims"]["deepfool_default_is_algorithm_2"]
+    assert c["cases"] == {"LeNet (MNIST) / deepfool_l2": share} and c["holds"] == (share >= 0.99)
+
+
+def test_same_as_algorithm_2_compares_with_refresh_none(tiny):
+    model, _ = tiny
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = model(x).argmax(1)
+    full = attacks.deepfool(model, x, label=y, refresh=None, clip=peers.BOX, **peers.SETTINGS["deepfool_l2"]).x_adv
+    assert chapter.same_as_algorithm_2(model, x, y, full, "deepfool_l2") == 1.0
+    moved = full.clone()
+    moved[0] = x[0]
+    assert chapter.same_as_algorithm_2(model, x, y, moved, "deepfool_l2") == pytest.approx(5 / 6)

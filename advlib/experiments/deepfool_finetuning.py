@@ -54,7 +54,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .. import attacks, checks, data, metrics, train
+from .. import attacks, checks, data, distributed, metrics, train
 from ..attacks import deepfool, fgsm, fgsm_min_eps
 from . import _shared, table1
 from ._shared import claim
@@ -220,8 +220,11 @@ class _Network:
             )
             return {"history": history, "perturbed_set": stats, "test_error": test_error(model, self.test)}
 
+        name = f"{config.arch}-{config.dataset}-finetuned"
+        if distributed.sharing() and not train.in_cache(recipe, name, self.cache_dir):
+            self.perturbed(attack, alpha)  # the training set's attack, split over the ranks; rank 0 then trains alone
         _, info = train.cached(recipe, lambda: copy.deepcopy(self.model), fit, cache_dir=self.cache_dir,
-                               name=f"{config.arch}-{config.dataset}-finetuned", progress=self.progress)
+                               name=name, progress=self.progress)
         history = info["history"]
         epoch0 = {**self.deepfool0, **(self.fgsm0 if with_fgsm else {})}
         return {
