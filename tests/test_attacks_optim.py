@@ -12,6 +12,8 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 
 from advlib.attacks.cw import cw_l2
@@ -200,6 +202,44 @@ def test_chunked_pair_search_matches_full_search(chunk, increase):
     assert not found[0] and found[1:].all()
     assert p[found].tolist() == bp[bfound].tolist()
     assert q[found].tolist() == bq[bfound].tolist()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    b=st.integers(1, 3), n=st.integers(1, 40), chunk=st.integers(1, 9), increase=st.booleans(),
+    dtype=st.sampled_from([torch.float64, torch.float32]), seed=st.integers(0, 2**31 - 1),
+    values=st.sampled_from([2, 3, 1000]), p_domain=st.sampled_from([0.05, 0.2, 0.6, 1.0]),
+    scale=st.sampled_from([1.0, 1e-23, 1e-170]),
+)
+def test_pair_search_is_the_full_argmax_ties_included(b, n, chunk, increase, dtype, seed, values, p_domain,
+                                                             scale):
+    """Small integer gradients make ties and zeros (the sign conditions' edge)
+    common; sparse domains leave 0, 1 or 2 features; tiny ones (``scale``)
+    make admissible pairs whose score underflows to 0 (float32 at 1e-23)."""
+    g = torch.Generator().manual_seed(seed)
+    alpha = torch.randint(-values, values + 1, (b, n), generator=g).to(dtype) * scale
+    beta = torch.randint(-values, values + 1, (b, n), generator=g).to(dtype) * scale
+    domain = torch.rand(b, n, generator=g) < p_domain
+    p, q, found = _best_pair(alpha, beta, domain, increase, chunk)
+    bp, bq, bfound = _brute_force_pair(alpha, beta, domain, increase)
+    assert found.tolist() == bfound.tolist()
+    assert p[found].tolist() == bp[bfound].tolist()
+    assert q[found].tolist() == bq[bfound].tolist()
+
+
+# beta = coupling * alpha + noise: from a Pareto front of a few points (-1) to one
+# holding every point (1 without noise: beta = alpha + 0.5, the worst case).
+@pytest.mark.parametrize("coupling, noise", [(-1.0, 0.3), (-0.3, 0.3), (0.0, 1.0), (1.0, 0.3), (1.0, 0.0)])
+def test_pair_search_matches_full_search_on_many_features(coupling, noise):
+    g = torch.Generator().manual_seed(1)
+    alpha = torch.randn(6, 400, generator=g)
+    beta = coupling * alpha + noise * torch.randn(6, 400, generator=g) + 0.5 * (noise == 0)
+    domain = torch.rand(6, 400, generator=g) < 0.9
+    for increase in (True, False):
+        p, q, found = _best_pair(alpha, beta, domain, increase, 16)
+        bp, bq, bfound = _brute_force_pair(alpha, beta, domain, increase)
+        assert found.tolist() == bfound.tolist()
+        assert p[found].tolist() == bp[bfound].tolist() and q[found].tolist() == bq[bfound].tolist()
 
 
 @pytest.fixture(scope="module")

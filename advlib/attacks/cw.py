@@ -12,7 +12,7 @@ from tqdm import tqdm  # text bars (to stderr): tqdm.auto warns in notebooks wit
 from .. import checks
 from ..losses import m_logit_loss, margin
 from ._common import (
-    AttackResult, Box, attacking, begin, best_of_targets, check_best_of, check_inputs, finite_rows, judged, logits_of,
+    AttackResult, Box, attacking, begin, best_of_targets, check_best_of, check_inputs, judged, logits_of,
     stack_rows, trace_row,
 )
 from .penalty import PenaltySearch
@@ -71,9 +71,10 @@ def cw_l2(
 
     Batched: all samples run together, each with its own ``c``; Adam is
     elementwise, so its state is kept per sample, and with ``abort_early``
-    a sample whose objective has not decreased by 0.01% over the last
-    ``max_iter // 10`` steps leaves the run (the authors apply this test to the
-    batch's summed objective).
+    a sample leaves the run when its objective at Adam step ``j * k``
+    (``k = max_iter // 10``, ``j >= 1``) is not 0.01% below the one at step
+    ``(j - 1) * k``: the authors' schedule, but per sample (the authors apply
+    it to the batch's summed objective).
 
     Args:
         model: classifier returning logits ``[N, C]`` (``[N, 1]`` for a binary
@@ -135,18 +136,10 @@ def cw_l2(
     b1, b2 = _ADAM_BETAS
 
     if clip is None:
-        def to_input(w: Tensor) -> Tensor:
-            return w
-
+        mid, half = 0.0, 1.0
         w_start = x.detach().clone()
     else:
         mid, half = (clip[0] + clip[1]) / 2, (clip[1] - clip[0]) / 2
-
-        def to_input(w: Tensor) -> Tensor:
-            # The clamp only removes rounding outside the box: tanh is already
-            # within it (and has no gradient where the clamp would act).
-            return (mid + half * torch.tanh(w)).clamp(*clip)
-
         # atanh(+-1) is infinite: pixels on the box edge start at a finite w.
         w_start = torch.atanh((x.detach() - mid) / half * _SHRINK)
 
@@ -187,7 +180,11 @@ def cw_l2(
             trace_c.append(trace_row(n, runners, c[runners]))
 
             # The run's state is kept for its remaining samples only, and
-            # compacted when some abort: no per-step scatter into [N, ...].
+            # compacted when some leave: no per-step scatter into [N, ...].
+            # Every tensor below is updated in place without autograd: only
+            # the model's part of the gradient goes through autograd, the
+            # distance's and the change of variables' are written out (the
+            # same floating-point operations autograd would do).
             act = runners
             w = w_start[act]
             m1 = torch.zeros_like(w)
@@ -198,15 +195,39 @@ def cw_l2(
             ok_run = torch.zeros(act.numel(), dtype=torch.bool, device=device)
             done = 0
             for i in range(max_iter):
-                wa = w.detach().requires_grad_(True)
-                xa = to_input(wa)
+                with torch.no_grad():
+                    t, cut = None, None
+                    if clip is None:
+                        xa = w.clone()  # w is stepped in place below
+                    else:
+                        t = torch.tanh(w)
+                        xa = (t * half).add_(mid)
+                        # The clamp only removes rounding outside the box (and
+                        # passes no gradient there): rare, so looked for first.
+                        lo_hi = torch.aminmax(xa)
+                        if lo_hi.min < clip[0] or lo_hi.max > clip[1]:
+                            cut = (xa < clip[0]) | (xa > clip[1])
+                            xa.clamp_(*clip)
+                    d = xa - xr
+                    l2 = (d * d).flatten(1).sum(dim=1)
+                xa.requires_grad_(True)
                 logits = logits_of(model, xa)
-                l2 = (xa - xr).flatten(1).pow(2).sum(dim=1)
-                objective = l2 + cr * loss_fn.value(logits, gr, targeted=targeted)
-                (g,) = torch.autograd.grad(objective.sum(), wa)
+                loss = loss_fn.value(logits, gr, targeted=targeted)
+                (g,) = torch.autograd.grad((cr * loss).sum(), xa)
 
                 with torch.no_grad():
-                    sick = ~(finite_rows(objective[:, None]) & finite_rows(g))
+                    xa, logits = xa.detach(), logits.detach()
+                    objective = l2 + cr * loss.detach()
+                    # d(objective)/dw: the distance's gradient 2 d, then the
+                    # change of variables: half * (1 - tanh^2), zero where the clamp acted.
+                    g.add_(d, alpha=2)
+                    if cut is not None:
+                        g.masked_fill_(cut, 0.0)
+                    if t is not None:
+                        g.mul_(half).mul_(t.mul_(t).neg_().add_(1))
+                    # A NaN or inf entry makes the row's sum non-finite (in float64
+                    # a float32 row cannot overflow): one pass over g, not two.
+                    sick = ~(torch.isfinite(objective) & torch.isfinite(g.flatten(1).sum(dim=1, dtype=torch.float64)))
                     if sick.any():
                         # NaN or inf: the sample leaves the search, a failure.
                         failed[act[sick]] = True
@@ -214,29 +235,30 @@ def cw_l2(
                         fine = ~sick
                         if not fine.any():
                             break
-                        act, w, m1, m2, ok_run, prev = (t[fine] for t in (act, w, m1, m2, ok_run, prev))
+                        act, w, m1, m2, ok_run, prev = (t_[fine] for t_ in (act, w, m1, m2, ok_run, prev))
                         xr, gr, cr, xa, l2, logits, g, objective = (
-                            t[fine] for t in (xr, gr, cr, xa, l2, logits, g, objective)
+                            t_[fine] for t_ in (xr, gr, cr, xa, l2, logits, g, objective)
                         )
                     # The iterate just evaluated is a candidate, before the step.
                     ok = reached(logits, gr)
                     ok_run |= ok
                     better = ok & (l2 < best_l2[act])
                     if better.any():
-                        best[act[better]] = xa[better].detach()
-                        best_l2[act[better]] = l2[better].detach()
+                        best[act[better]] = xa[better]
+                        best_l2[act[better]] = l2[better]
 
                     # Adam (elementwise, so each sample has its own state).
-                    t = i + 1
+                    step = i + 1
                     m1.mul_(b1).add_(g, alpha=1 - b1)
                     m2.mul_(b2).addcmul_(g, g, value=1 - b2)
-                    w = w - lr * (m1 / (1 - b1**t)) / ((m2 / (1 - b2**t)).sqrt() + _ADAM_EPS)
+                    w.sub_((m1 / (1 - b1**step)).mul_(lr).div_((m2 / (1 - b2**step)).sqrt_().add_(_ADAM_EPS)))
                 done = i + 1
                 bar.update(1)
 
-                if abort_early and (i + 1) % check_every == 0:
-                    obj = objective.detach()
-                    keep = obj <= prev * 0.9999
+                if abort_early and i % check_every == 0:
+                    # The authors' schedule: the objective at steps 0, k, 2k, ...
+                    # (k = max_iter // 10), each compared with the previous one.
+                    keep = objective <= prev * 0.9999
                     if not keep.all():
                         iterations[act[~keep]] += done
                         run_ok[act[~keep]] = ok_run[~keep]
@@ -244,8 +266,8 @@ def cw_l2(
                             bar.update(max_iter - done)
                             break
                         act, w, m1, m2, ok_run = act[keep], w[keep], m1[keep], m2[keep], ok_run[keep]
-                        xr, gr, cr, obj = xr[keep], gr[keep], cr[keep], obj[keep]
-                    prev = obj
+                        xr, gr, cr, objective = xr[keep], gr[keep], cr[keep], objective[keep]
+                    prev = objective
             else:
                 iterations[act] += done
                 run_ok[act] = ok_run

@@ -55,6 +55,7 @@ def judge(model, x, y, x_adv, attack: str, target=None) -> dict[str, Any]:
     pred = model(torch.where(finite.view(-1, *[1] * (x.dim() - 1)), x_adv, x)).argmax(1)
     success = (pred == target if target is not None else pred != y) & finite & in_box
     size = _size(x, x_adv, attack)
+    flat = x_adv.flatten(1)
     ok = size[success]
     return {
         # Per image, None where the attack failed: ratios compare libraries on the same images.
@@ -64,6 +65,9 @@ def judge(model, x, y, x_adv, attack: str, target=None) -> dict[str, Any]:
         "mean_size": ok.mean().item() if len(ok) else None,
         "outside_box": int((~in_box).sum()),
         "non_finite": int((~finite).sum()),
+        # A blank image is what Foolbox's C&W returns where its search found nothing (its best
+        # point starts at zeros): the model may misclassify it, so it can count as a success.
+        "blank": int((flat.amax(1) == flat.amin(1)).sum()),
     }
 
 
