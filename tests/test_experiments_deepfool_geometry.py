@@ -141,3 +141,22 @@ def test_bad_arguments_are_refused_by_name(study):
         chapter.run(nets=nets, toy=toy, overshoot=-1)
     with pytest.raises(ValueError, match="n_points"):
         chapter.rings("train", n_points=2)
+
+
+def test_every_figure_draws_from_the_results(study):
+    import matplotlib.pyplot as plt
+
+    from advlib.figures import deepfool_geometry as figures
+
+    toy, nets, results = study
+    affine = chapter.affine_models()
+    drawn = [
+        figures.affine_binary(results, affine["binary"], grid=20),
+        figures.nonlinear_binary(results, nets["circles"], toy["circles"]["test"], grid=20),
+        figures.affine_multiclass(results, affine["multiclass"], grid=20),
+        figures.nonlinear_multiclass(results, nets["rings"], grid=20),
+    ]
+    panels = min(2, len(results["rings"]["drawn"]["path"]) - 1)
+    assert [len(f.axes) for f in drawn] == [1, 2, 1, 1 + panels]
+    for f in drawn:
+        plt.close(f)

@@ -144,3 +144,17 @@ def test_bad_options_are_refused_by_name(study, bad, match):
 
 def test_datasets():
     assert chapter.datasets({}) == {"circles"}
+
+
+def test_every_figure_draws_from_the_results(study):
+    import matplotlib.pyplot as plt
+
+    from advlib.figures import perturbation_theory as figures
+
+    net, test_set, results = study
+    drawn = [figures.circles(results, test_set, confident=0.9), figures.heatmaps(results, confident=0.9),
+             figures.iterations(results, confident=0.9), figures.bound(results, confident=0.9)]
+    assert [len(f.axes) for f in drawn][::2] == [1, 2]  # the heat maps and the bound add colour bars / a legend
+    assert len(drawn[1].axes) == 3 + 3  # three panels, three colour bars
+    for f in drawn:
+        plt.close(f)
