@@ -205,3 +205,16 @@ def test_parameters_to_recipe_and_data():
     assert config.train_limit is None and config.optimizer == "adam" and config.batch_size == 32
     assert chapter.config({**params, "train_limit": 100}).train_limit == 100
     assert chapter.datasets({"dataset": "mnist"}) == {"mnist"}
+
+
+def test_every_figure_draws_from_the_results(results):
+    import matplotlib.pyplot as plt
+
+    from advlib.figures import blog_jsma_distillation as figures
+
+    k = len(results["classes"])
+    drawn = [figures.saliency(results), figures.grid(results), figures.temperature(results, 0.97), figures.logits(results)]
+    assert [len(f.axes) for f in drawn] == [8, k * k, 4, 2]
+    assert len(drawn[3].axes[0].lines) == 4  # DeepFool, C&W, JSMA on the logits (run here) and on the probabilities
+    for f in drawn:
+        plt.close(f)

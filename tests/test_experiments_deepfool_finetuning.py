@@ -231,3 +231,19 @@ def test_figure8_examples_are_class_changes_the_referee_sees(cache):
 def test_bad_arguments_are_refused_by_name(change, message):
     with pytest.raises((ValueError, TypeError), match=message):
         ft.run(**{**TINY, **change})
+
+
+def test_every_figure_draws_from_the_results(results):
+    import matplotlib.pyplot as plt
+
+    from advlib.figures import deepfool_finetuning as figures
+
+    drawn = [figures.figure6(results), figures.figure7(results), figures.figure9(results)]
+    assert [len(f.axes) for f in drawn] == [len(results["rows"]), 1, 1]
+    # Figure 8 needs a second network to read the classes (none in the tiny run): drawn on its own record.
+    example = {"image": [[0.0, 1.0], [1.0, 0.0]], "perturbed": [[0.5, 1.0], [1.0, 0.5]], "true": "a",
+               "referee_reads": "b", "network_reads": "a"}
+    drawn.append(figures.figure8({"figure8": {"examples": [example, example]}}))
+    assert len(drawn[-1].axes) == 4
+    for f in drawn:
+        plt.close(f)
