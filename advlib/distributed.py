@@ -105,10 +105,18 @@ def map_chunks(fn: Callable[[int, int], Any], n: int, size: int) -> list[Any]:
     chunks = [(s, min(s + size, n)) for s in range(0, n, size)]
     if not sharing():
         return [fn(s, e) for s, e in chunks]
-    mine = [_to_cpu(fn(*chunks[i])) for i in shard(len(chunks), world_size(), rank())]
+    mine = [fn(*chunks[i]) for i in shard(len(chunks), world_size(), rank())]
+    return [result for part in gather(mine) for result in part]
+
+
+def gather(value: Any) -> list[Any]:
+    """Every rank's ``value``, in rank order, on every rank (pickled: tensors
+    in it are moved to the CPU first); ``[value]`` without torchrun."""
+    if not sharing():
+        return [value]
     everyone: list[Any] = [None] * world_size()
-    torch.distributed.all_gather_object(everyone, mine)
-    return [result for part in everyone for result in part]
+    torch.distributed.all_gather_object(everyone, _to_cpu(value))
+    return everyone
 
 
 @contextlib.contextmanager

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
             torch.set_num_threads(chosen["threads"])
         results = module.compute(chosen)
-        devices = _everyone(f"{platform.node()} {distributed.device()}")
+        devices = distributed.gather(f"{platform.node()} {distributed.device()}")
         if distributed.rank() == 0:
             produced_by = {
                 "command": _command(argv),
@@ -76,17 +76,6 @@ def main(argv: list[str] | None = None) -> int:
             path = save(args.out, args.chapter, chosen, results, produced_by)
             print(f"advlib.experiments: {args.chapter} ({launch['world_size']} process(es)) -> {path}", file=sys.stderr)
     return 0
-
-
-def _everyone(mine: str) -> list[str]:
-    """Each rank's ``mine``, in rank order (one item without torchrun)."""
-    if not distributed.active():
-        return [mine]
-    import torch
-
-    out: list[str] = [""] * distributed.world_size()
-    torch.distributed.all_gather_object(out, mine)
-    return out
 
 
 def _command(argv: list[str] | None) -> str:

@@ -141,10 +141,9 @@ def overrides(
 def overrides_of(parameters: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """:func:`overrides` from a chapter's notebook parameters (those of its
     names the notebook declares)."""
-    import inspect
+    from ._shared import arguments
 
-    names = inspect.signature(overrides).parameters
-    return overrides(**{k: parameters[k] for k in names if k in parameters})
+    return overrides(**arguments(overrides, parameters))
 
 
 def test_set(config: train.TrainConfig) -> data.Dataset:
