@@ -129,3 +129,14 @@ def test_bad_options_are_refused_by_name(setup, bad, match):
 
 def test_datasets():
     assert chapter.datasets({}) == {"fashion-mnist"}
+
+
+def test_the_figure_draws_from_the_results(setup):
+    import matplotlib.pyplot as plt
+
+    from advlib.figures import adversarial_retraining as figures
+
+    *_, r = setup
+    fig = figures.examples(r)
+    assert len(fig.axes) == 2 * (1 + len(r["example"]["adversarial"]))
+    plt.close(fig)

@@ -163,3 +163,16 @@ def test_bad_options_are_refused_by_name(setup, bad, match):
 
 def test_datasets():
     assert chapter.datasets({}) == {"fashion-mnist"} and chapter.datasets({"dataset": "mnist"}) == {"mnist"}
+
+
+def test_every_figure_draws_from_the_results(setup):
+    import matplotlib.pyplot as plt
+
+    from advlib.figures import blog_mutation_testing as figures
+
+    *_, r = setup
+    drawn = [figures.rates(r), figures.kappa(r)]
+    assert len(drawn[0].axes) == len(r["detectors"]) * len(chapter.ATTACKS)
+    assert len(drawn[1].axes[0].lines) == len(r["detectors"])
+    for f in drawn:
+        plt.close(f)

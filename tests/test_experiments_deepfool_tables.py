@@ -335,3 +335,16 @@ def test_measure_refuses_a_model_that_classifies_nothing(imagenet_dir):
     with pytest.raises(ValueError, match="none of the"):
         chapter.measure(chapter.Normalised(ColourNet()), wrong, n_images=0, n_lbfgs=0,
                         deepfool_options=dict(overshoot=0.02, clip=(0.0, 1.0)))
+
+
+def test_every_figure_draws_from_the_results(results):
+    import matplotlib.pyplot as plt
+
+    from advlib.figures import deepfool_tables as figures
+
+    res, _ = results
+    drawn = [figures.examples(res), figures.distribution(res)]
+    assert len(drawn[0].axes) == 5 * len(res["examples"])
+    assert len(drawn[1].axes) == 1
+    for f in drawn:
+        plt.close(f)

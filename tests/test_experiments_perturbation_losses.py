@@ -178,3 +178,18 @@ def test_shared_loss_sources_claims_and_names():
     assert _shared.names_text(["CE", "logit", "M-logit"]) == "CE, logit and M-logit"
     assert _shared.nan_for_none({"a": [None, 1.0]})["a"][1] == 1.0
     assert math.isnan(_shared.nan_for_none({"a": [None, 1.0]})["a"][0])
+
+
+def test_every_figure_draws_from_the_results(setup):
+    import matplotlib.pyplot as plt
+
+    from advlib.figures import perturbation_losses as figures
+
+    *_, results = setup
+    em, ep = chapter.SETTINGS
+    drawn = [figures.ifgs(results, em), figures.setting(results, em), figures.setting(results, ep),
+             figures.gradients(results, em)]
+    assert [len(f.axes) for f in drawn] == [1, 4, 4, 1]
+    assert len(drawn[3].axes[0].lines) == len(_shared.LOSS_NAMES) + 1  # a curve per loss, and sqrt(n)
+    for f in drawn:
+        plt.close(f)

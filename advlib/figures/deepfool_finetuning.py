@@ -6,7 +6,6 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ..experiments import _shared
 from ..experiments.deepfool_finetuning import RUN_NAMES
 
 COLORS = {"deepfool": "#4C72B0", "fgsm": "#C44E52", "clean": "#7F7F7F"}
@@ -19,7 +18,6 @@ def _data_title(results, row: str) -> str:
 
 def figure6(results):
     """rho_adv after each extra epoch of fine-tuning, one panel per network."""
-    plt.rcParams.update(_shared.PLOT_STYLE)
     rows = results["rows"]
     fig, axes = plt.subplots(1, len(rows), figsize=(2.6 * len(rows), 2.7), squeeze=False)
     for ax, (label, row) in zip(axes[0], rows.items()):
@@ -36,7 +34,6 @@ def figure6(results):
 
 def figure7(results):
     """rho_adv after fine-tuning on DeepFool's perturbations magnified by each alpha."""
-    plt.rcParams.update(_shared.PLOT_STYLE)
     f7 = results["figure7"]
     fig, ax = plt.subplots(figsize=(4.2, 2.8))
     for (alpha, curve), color in zip(f7["runs"].items(), ("#4C72B0", "#DD8452", "#C44E52", "#8172B3")):
@@ -51,7 +48,6 @@ def figure7(results):
 
 def figure8(results):
     """The images magnified perturbations move into another class: originals above, perturbed below."""
-    plt.rcParams.update(_shared.PLOT_STYLE)
     examples = results["figure8"]["examples"]
     cols = max(len(examples), 1)
     fig, axes = plt.subplots(2, cols, figsize=(1.5 * cols, 3.4), squeeze=False)
@@ -73,7 +69,6 @@ def figure8(results):
 def figure9(results):
     """rho_adv relative to the original network's, measured by DeepFool and by fast
     gradient sign; a cross where fast gradient sign fools too few images to measure."""
-    plt.rcParams.update(_shared.PLOT_STYLE)
     f9 = results["figure9"]
     epochs_axis = f9["run"]["epochs"]
     by_fgsm = np.array([np.nan if v is None else v for v in f9["relative_fgsm"]])
