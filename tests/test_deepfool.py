@@ -2,6 +2,7 @@
 (the DeepFool paper, Sections 2-3), then its behaviour on nonlinear models."""
 
 import math
+import sys
 
 import pytest
 import torch
@@ -241,10 +242,12 @@ class Counted(torch.nn.Module):
 
 
 @pytest.mark.parametrize("refresh", [None, 1, 2, 4])
-def test_passes_per_iteration(refresh):
+def test_passes_per_iteration(refresh, monkeypatch):
     """One forward pass per iteration and one that judges the returned batch;
     K - 1 backward passes at the first, then ``refresh`` (all K - 1 for None),
-    whatever the batch size."""
+    whatever the batch size (with the check of stale estimates turned off:
+    the next test counts what it adds)."""
+    monkeypatch.setattr(sys.modules["advlib.attacks.deepfool"], "_SLACK", 0.0)
     model = Counted(small_net(seed=14, classes=8))
     x = mostly_on_the_box(seed=15, n=48)
     CountingBackward.calls = 0
@@ -254,6 +257,29 @@ def test_passes_per_iteration(refresh):
     assert model.forwards == steps + 2
     later = 5 if refresh is None else min(refresh, 5)
     assert CountingBackward.calls == 5 + later * (steps - 1)
+
+
+def test_stale_estimates_are_checked(monkeypatch):
+    """Where a candidate left stale looks nearly as near as the one recomputed,
+    it is recomputed too, for those samples only: a few more samples forwarded,
+    and more points of refresh=None than without the check."""
+    model = small_net(seed=21, classes=8)
+    x = mostly_on_the_box(seed=22, n=128)
+    full = deepfool(model, x, refresh=None)
+
+    def run(slack):
+        monkeypatch.setattr(sys.modules["advlib.attacks.deepfool"], "_SLACK", slack)
+        sizes = []
+        hook = model.register_forward_hook(lambda m, args, out: sizes.append(args[0].shape[0]))
+        res = deepfool(model, x, refresh=1)
+        hook.remove()
+        same = ((res.x_adv - full.x_adv).flatten(1).abs().amax(1) < 1e-6).float().mean()
+        return same, len(sizes) - int(res.iterations.max()) - 2, sum(sizes)
+
+    unchecked, checked = run(0.0), run(1.25)
+    assert unchecked[1] == 0 and checked[1] > 0  # passes beyond one per iteration
+    assert checked[2] < 1.1 * unchecked[2]  # of few samples
+    assert checked[0] > unchecked[0], (checked, unchecked)
 
 
 def test_refresh_is_exact_on_affine_models():

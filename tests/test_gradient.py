@@ -174,3 +174,12 @@ def test_untargeted_default_label_is_the_model_prediction(linear):
     for attack, kw in ((fgsm, dict(eps=0.1)), (ifgs, dict(max_iter=5))):
         assert torch.equal(attack(model, xt, **kw).x_adv, attack(model, xt, label=pred, **kw).x_adv)
     assert fgsm_min_eps(model, xt)[0] == fgsm_min_eps(model, xt, label=pred)[0]
+
+
+def test_fgsm_takes_two_forward_passes(linear):
+    """One forward pass gives the labels and the gradient, one judges the result."""
+    model, _, _, x, _ = linear
+    calls = []
+    model.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    fgsm(model, torch.from_numpy(x), eps=0.1)
+    assert calls == [len(x), len(x)]

@@ -25,9 +25,13 @@ def _loss_gradient(
     and which samples have finite logits and gradient."""
     xg = x.detach().requires_grad_(True)
     logits = logits_of(model, xg)
+    return (logits.detach(), *_gradient(xg, logits, goal, loss, targeted))
+
+
+def _gradient(xg: Tensor, logits: Tensor, goal: Tensor, loss: _losses.Loss, targeted: bool) -> tuple[Tensor, Tensor]:
+    """:func:`_loss_gradient` after the forward pass ``logits = model(xg)``: the gradient and which samples are finite."""
     (grad,) = torch.autograd.grad(loss.value(logits, goal, targeted=targeted).sum(), xg)
-    logits = logits.detach()
-    return logits, grad, finite_rows(logits) & finite_rows(grad)
+    return grad, finite_rows(logits.detach()) & finite_rows(grad)
 
 
 def fgsm(
@@ -80,9 +84,12 @@ def fgsm(
     p = norms.check_p(p)
     loss = _losses.check(loss)
     with attacking(model):
-        _, label_orig, label, target = begin(model, x, label=label, target=target)
+        # One forward pass gives both the labels to start from and the gradient.
+        xg = x.detach().requires_grad_(True)
+        logits = logits_of(model, xg)
+        label_orig, label, target = start(logits, x, label=label, target=target)
         targeted = target is not None
-        _, grad, ok = _loss_gradient(model, x, target if targeted else label, loss, targeted)
+        grad, ok = _gradient(xg, logits, target if targeted else label, loss, targeted)
         x_adv = x - eps * loss.direction(grad.masked_fill(~norms.per_sample(ok, grad), 0.0), p)
         return judged(
             model, x, x_adv, clip=clip, label_orig=label_orig, iterations=torch.ones_like(label_orig),

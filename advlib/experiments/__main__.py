@@ -27,6 +27,7 @@ import sys
 import time
 import traceback
 
+import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from .. import distributed, parameters, provenance
@@ -57,8 +58,6 @@ def main(argv: list[str] | None = None) -> int:
         if launch["world_size"] > 1 and getattr(module, "SINGLE_PROCESS", False):
             raise SystemExit(f"advlib.experiments: {args.chapter} {module.SINGLE_PROCESS}; run it without torchrun")
         if "threads" in chosen:
-            import torch
-
             torch.set_num_threads(chosen["threads"])
         results = module.compute(chosen)
         devices = distributed.gather(f"{platform.node()} {distributed.device()}")
