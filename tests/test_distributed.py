@@ -197,8 +197,11 @@ def test_a_notebook_shows_a_results_file_only_for_its_own_parameters(tmp_path):
     assert experiments.results(shown, lambda p: pytest.fail("computed although results_from is set")) == {"answer": 42}
     assert shown.recorded["produced_by"]["world_size"] == 8
     assert shown.recorded["produced_by"]["results_file"] == str(path)
+    assert shown.recorded["results"] == {"answer": 42}
     # Computed, not read, without results_from.
-    assert experiments.results(_Run("optimality", params), lambda p: {"computed": p["n_images"]}) == {"computed": 4}
+    computed = _Run("optimality", params)
+    assert experiments.results(computed, lambda p: {"computed": p["n_images"]}) == {"computed": 4}
+    assert computed.recorded == {"results": {"computed": 4}}
     with pytest.raises(ValueError, match=r"other parameters \(n_images: file 4, notebook 5\)"):
         experiments.results(_Run("optimality", {**params, "n_images": 5, "results_from": str(path)}), None)
     with pytest.raises(ValueError, match="not of 'peers'"):
@@ -221,3 +224,12 @@ def test_every_chapter_computes_from_its_notebook_parameters():
         assert callable(module.compute), chapter
         declared = parameters.read_parameters(parameters.source_of(chapter))
         assert "results_from" in declared, f"{chapter}: its notebook cannot show a results file"
+
+
+def test_glue_texts_glues_every_text_without_display(monkeypatch):
+    import myst_nb
+
+    glued = []
+    monkeypatch.setattr(myst_nb, "glue", lambda name, text, display=True: glued.append((name, text, display)))
+    experiments.glue_texts({"a": "one", "b": "two"})
+    assert glued == [("a", "one", False), ("b", "two", False)]

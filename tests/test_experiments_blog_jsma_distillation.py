@@ -173,10 +173,11 @@ def test_texts_and_tables_cover_the_notebook(results):
     assert all(isinstance(v, str) and v for v in texts.values())
     source = (ROOT / "notebooks" / "blog_jsma_distillation.md").read_text(encoding="utf-8")
     used = set(re.findall(r"\{glue:text\}`([a-z0-9_]+)`", source))
-    glued_in_notebook = set(re.findall(r'glue\("([a-z0-9_]+)"', source))
-    assert used - glued_in_notebook <= set(texts), sorted(used - glued_in_notebook - set(texts))
+    glued = set(texts) | set(chapter.names("fashion-mnist", "lenet"))
+    assert used <= glued, sorted(used - glued)
     assert set(paper["claims"]["values"]) == set(results["claims"])
     table = chapter.temperature_table(results)
+    assert set(table.columns) == set(chapter.TEMPERATURE_FORMATS)  # the page formats every column
     assert list(table.index) == ["1", "20"]
     assert "JSMA (logits) success" in chapter.logit_table(results).columns
     jsma = chapter.jsma_table(results, paper["jsma"]["values"], "digits")
@@ -218,3 +219,17 @@ def test_every_figure_draws_from_the_results(results):
     assert len(drawn[3].axes[0].lines) == 4  # DeepFool, C&W, JSMA on the logits (run here) and on the probabilities
     for f in drawn:
         plt.close(f)
+
+
+def test_the_load_cell_helpers():
+    infos = {1.0: {"key": "k1", "test_accuracy": 0.9, "teacher": {"test_accuracy": 0.95}, "from_cache": True,
+                   "train_seconds": 3.0, "config": {}},
+             20.0: {"key": "k20", "test_accuracy": 0.8, "teacher": {"test_accuracy": 0.85}, "from_cache": False,
+                    "train_seconds": 4.0, "config": {}}}
+    record = chapter.networks_record(infos)
+    assert record[20.0] == {"key": "k20", "test_accuracy": 0.8, "teacher": {"test_accuracy": 0.85},
+                            "from_cache": False, "train_seconds": 4.0}
+    frame = chapter.accuracy_frame(infos)
+    assert frame.loc[20.0, "teacher accuracy"] == 0.85 and frame.loc[1.0, "distilled accuracy"] == 0.9
+    assert chapter.names("fashion-mnist", "lenet")["arch_name"] == "LeNet"
+    assert chapter.names("mnist", "mlp")["arch_name"] == "mlp"

@@ -247,3 +247,15 @@ def test_every_figure_draws_from_the_results(results):
     assert len(drawn[-1].axes) == 4
     for f in drawn:
         plt.close(f)
+
+
+def test_record_data_names_every_row_and_split():
+    named = {}
+
+    class Run:
+        def data(self, name, described, stands_in_for=None):
+            named[name] = (described, stands_in_for)
+
+    ft.record_data(Run(), {"rows": {"LeNet (MNIST)": {"datasets": {"train": {"n": 1}, "test": {"n": 2}},
+                                                       "stands_in_for": "MNIST"}}})
+    assert named == {"LeNet (MNIST): train": ({"n": 1}, "MNIST"), "LeNet (MNIST): test": ({"n": 2}, "MNIST")}

@@ -160,3 +160,17 @@ def test_every_figure_draws_from_the_results(study):
     assert [len(f.axes) for f in drawn] == [1, 2, 1, 1 + panels]
     for f in drawn:
         plt.close(f)
+
+
+class _Named:
+    def __init__(self):
+        self.named = {}
+
+    def data(self, name, dataset, **options):
+        self.named[name] = (dataset, options)
+
+
+def test_record_data_names_every_split():
+    run = _Named()
+    chapter.record_data(run, {"circles": {"train": "a", "test": "b"}, "rings": {"train": "c"}})
+    assert run.named == {"train (circles)": ("a", {}), "test (circles)": ("b", {}), "train (rings)": ("c", {})}

@@ -193,3 +193,11 @@ def test_every_figure_draws_from_the_results(setup):
     assert len(drawn[3].axes[0].lines) == len(_shared.LOSS_NAMES) + 1  # a curve per loss, and sqrt(n)
     for f in drawn:
         plt.close(f)
+
+
+def test_the_model_record_and_frame():
+    info = {"config": {"epochs": 4}, "test_accuracy": 0.9012345, "from_cache": True, "train_seconds": 1.5, "key": "k"}
+    assert chapter.model_record(info) == {"config": {"epochs": 4}, "test_accuracy": 0.9012345, "from_cache": True,
+                                          "train_seconds": 1.5}
+    frame = chapter.model_frame(info, "fashion-mnist")
+    assert frame.loc["test accuracy"].item() == "0.9012" and frame.loc["this run"].item() == "loaded from the cache"

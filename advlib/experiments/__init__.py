@@ -112,12 +112,25 @@ def read(path: str | os.PathLike, chapter: str, parameters: Mapping[str, Any]) -
 def results(run: Any, compute: Callable[..., dict], **given: Any) -> dict[str, Any]:
     """What a notebook shows: ``compute(run.parameters, **given)``, or, when its
     parameter ``results_from`` names a results file, that file's results
-    (:func:`read` checks they were computed with the same parameters); the
-    provenance ``run`` then records who computed them (``produced_by``: the
-    command, world size, devices)."""
+    (:func:`read` checks they were computed with the same parameters; the
+    provenance ``run`` then records who computed them, ``produced_by``: the
+    command, world size, devices). Either way ``run`` records them as
+    ``"results"``."""
     source = run.parameters.get("results_from", "")
     if not source:
-        return compute(run.parameters, **given)
-    record = read(source, run.notebook, run.parameters)
-    run.record("produced_by", {"results_file": str(source), **record["produced_by"]})
-    return record["results"]
+        found = compute(run.parameters, **given)
+    else:
+        record = read(source, run.notebook, run.parameters)
+        run.record("produced_by", {"results_file": str(source), **record["produced_by"]})
+        found = record["results"]
+    run.record("results", found)
+    return found
+
+
+def glue_texts(texts: Mapping[str, str]) -> None:
+    """Glue each of a chapter's ``texts(results)`` under its name, for the
+    page's prose (``{glue:text}`name```); myst_nb is the book's, imported here only."""
+    from myst_nb import glue
+
+    for name, text in texts.items():
+        glue(name, text, display=False)

@@ -46,7 +46,7 @@ from ..attacks import cw_l2, deepfool, jsma
 from ..attacks._common import attacking
 from ..attacks.jsma import forward_derivatives
 from ..defences import distillation
-from . import _shared
+from . import _shared, table1
 
 LOG10 = math.log(10)
 JSMA_SUCCESS_DROP = 0.1  # "below a tenth of its T = 1 value" at the largest T
@@ -404,6 +404,34 @@ def _claims(rows: list[dict], d: dict) -> dict[str, dict]:
 
 def _t(value: float) -> str:
     return f"{value:g}"
+
+
+def names(dataset: str, arch: str) -> dict[str, str]:
+    """The page's names of the data and the architecture: glue name -> text."""
+    return {"data_name": table1.data_label(dataset, "MNIST"),
+            "arch_name": {"fc500-150-10": "FC500-150-10", "lenet": "LeNet"}.get(arch, arch)}
+
+
+def networks_record(infos: Mapping[float, Mapping[str, Any]]) -> dict[float, dict[str, Any]]:
+    """What the provenance keeps of each temperature's network: its cache key, accuracy, teacher and training."""
+    return {t: {k: info[k] for k in ("key", "test_accuracy", "teacher", "from_cache", "train_seconds")}
+            for t, info in infos.items()}
+
+
+def accuracy_frame(infos: Mapping[float, Mapping[str, Any]]):
+    """Per temperature, the test accuracy of the teacher and of the network distilled from it."""
+    import pandas as pd
+
+    return pd.DataFrame({"teacher accuracy": {t: i["teacher"]["test_accuracy"] for t, i in infos.items()},
+                         "distilled accuracy": {t: i["test_accuracy"] for t, i in infos.items()}}).rename_axis("T")
+
+
+TEMPERATURE_FORMATS = {
+    "test accuracy": "{:.1%}", "JSMA success (probabilities)": "{:.1%}", "mean L0 of successful JSMA": "{:.2%}",
+    "log10 mean |dF/dx|": "{:.1f}", "median over images of log10 mean |dF/dx|": "{:.1f}",
+    "share of dF/dx = 0 in float32": "{:.1%}", "median logit margin": "{:.1f}",
+}
+"""How the page prints each column of :func:`temperature_table`."""
 
 
 def temperature_table(results: dict[str, Any]):

@@ -549,6 +549,13 @@ def _gain(curve: Sequence[float], epoch: int) -> float:
     return curve[epoch] / curve[0] - 1
 
 
+def record_data(run: Any, results: Mapping[str, Any]) -> None:
+    """Name every row's data sets in the provenance ``run``, with what they stand in for."""
+    for label, row in results["rows"].items():
+        for split, described in row["datasets"].items():
+            run.data(f"{label}: {split}", described, stands_in_for=row["stands_in_for"])
+
+
 def networks_frame(results: Mapping[str, Any]):
     """Per network: its data, the original network, the perturbed sets (the
     mean ``||r||_2 / ||x||_2`` of each, fast gradient sign's eps) and the

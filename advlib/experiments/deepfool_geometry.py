@@ -324,6 +324,13 @@ def run(
     return _shared.jsonable(out)
 
 
+def record_data(run: Any, toy: Mapping[str, Mapping[str, Any]]) -> None:
+    """Name every split of the toy data sets in the provenance ``run``: "train (circles)", ...."""
+    for name, splits in toy.items():
+        for split, dataset in splits.items():
+            run.data(f"{split} ({name})", dataset)
+
+
 def texts(results: Mapping[str, Any]) -> dict[str, str]:
     """The numbers the prose quotes, formatted: glue name -> text."""
     ab, am = results["affine_binary"], results["affine_multiclass"]

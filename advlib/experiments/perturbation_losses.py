@@ -264,6 +264,20 @@ def table_1(results: dict[str, Any], paper: dict[str, str]):
     return table.rename_axis("loss")
 
 
+def model_record(info: Mapping[str, Any]) -> dict[str, Any]:
+    """What the provenance keeps of the LeNet: its recipe, accuracy and training."""
+    return {k: info[k] for k in ("config", "test_accuracy", "from_cache", "train_seconds")}
+
+
+def model_frame(info: Mapping[str, Any], dataset: str):
+    """The network attacked, as the page shows it."""
+    import pandas as pd
+
+    return pd.Series({"model": "LeNet", "data": f"{dataset} (stand-in for ImageNet)",
+                      "training epochs": info["config"]["epochs"], "test accuracy": f"{info['test_accuracy']:.4f}",
+                      "this run": "loaded from the cache" if info["from_cache"] else "trained now"}, name="").to_frame()
+
+
 def texts(results: dict[str, Any]) -> dict[str, str]:
     """The numbers and the measured-dependent sentences the prose quotes: glue name -> text."""
     results = _shared.nan_for_none(results)
