@@ -252,3 +252,15 @@ def test_deepfool_without_margin_or_box_judges_success_on_the_returned_batch():
     assert torch.equal(res.label_adv, label_adv) and torch.equal(res.label_orig, label_orig)
     assert torch.equal(res.success, label_adv != label_orig)
     assert res.success.float().mean() > 0.5  # the attack still works
+
+
+def test_finite_rows_is_exact_where_a_sum_overflows():
+    from advlib.attacks._common import finite_rows
+
+    big = torch.finfo(torch.float32).max
+    t = torch.zeros(5, 3, 2)
+    t[1, 0, 0] = math.nan
+    t[2, 1, 1] = math.inf
+    t[3, 0, 0], t[3, 2, 1] = math.inf, -math.inf  # a sum of NaN
+    t[4] = big  # finite entries whose sum overflows
+    assert finite_rows(t).tolist() == [True, False, False, False, True]

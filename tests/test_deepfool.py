@@ -339,3 +339,14 @@ def test_label_is_the_class_moved_away_from():
     other = (default.label_orig + 1) % 5
     moved = deepfool(model, x, label=other)
     assert moved.success.all() and (moved.perturbation == 0).all() and (moved.iterations == 0).all()
+
+
+def test_outward_marks_exactly_the_pixels_on_the_box():
+    from importlib import import_module
+
+    outward = import_module("advlib.attacks.deepfool")._outward
+    lo, hi = torch.tensor(-0.3), torch.tensor(0.7)
+    # One float32 step inside each bound is not on the box.
+    inside = torch.nextafter(torch.stack([lo, hi]), torch.tensor(0.0))
+    x = torch.cat([torch.stack([lo, hi, torch.tensor(0.0)]), inside])
+    assert outward(x[None], (lo.item(), hi.item())).tolist() == [[-1.0, 1.0, 0.0, 0.0, 0.0]]

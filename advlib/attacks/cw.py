@@ -12,7 +12,7 @@ from tqdm import tqdm  # text bars (to stderr): tqdm.auto warns in notebooks wit
 from .. import checks
 from ..losses import m_logit_loss, margin
 from ._common import (
-    AttackResult, Box, attacking, begin, best_of_targets, check_best_of, check_inputs, judged, logits_of,
+    AttackResult, Box, attacking, begin, best_of_targets, check_best_of, check_inputs, finite_rows, judged, logits_of,
     stack_rows, trace_row,
 )
 from .penalty import PenaltySearch
@@ -225,9 +225,7 @@ def cw_l2(
                         g.masked_fill_(cut, 0.0)
                     if t is not None:
                         g.mul_(half).mul_(t.mul_(t).neg_().add_(1))
-                    # A NaN or inf entry makes the row's sum non-finite (in float64
-                    # a float32 row cannot overflow): one pass over g, not two.
-                    sick = ~(torch.isfinite(objective) & torch.isfinite(g.flatten(1).sum(dim=1, dtype=torch.float64)))
+                    sick = ~(torch.isfinite(objective) & finite_rows(g))
                     if sick.any():
                         # NaN or inf: the sample leaves the search, a failure.
                         failed[act[sick]] = True

@@ -135,11 +135,11 @@ def deepfool(
         x_adv = x.clone()
         iterations = torch.zeros(n, dtype=torch.long, device=x.device)
         failed = torch.zeros(n, dtype=torch.bool, device=x.device)
-        # The samples not flipped yet, and their state: original input, iterate,
-        # sum of steps, candidates, and each candidate's ||w'_k||_q from when it
-        # was last computed. Flipped samples are written out and dropped.
+        # The samples not flipped yet, and their state: iterate, candidates, and
+        # each candidate's ||w'_k||_q from when it was last computed. Flipped
+        # samples are written out and dropped.
         active = torch.arange(n, device=x.device)
-        x0, xi, r_tot = x, x, torch.zeros_like(x)
+        xi = x
         rows = [x] if trace else None
         for i in range(max_iter + 1):
             xa = xi.detach().requires_grad_(True)
@@ -152,18 +152,19 @@ def deepfool(
                 k = min(candidates, logits.shape[1])
                 cand = logits.detach().scatter(1, label[:, None], math.inf).topk(k, dim=1).indices
                 wnorm = torch.zeros(n, k - 1, dtype=logits.dtype, device=x.device)
+            xi = xa.detach()
             pred = logits.argmax(dim=1).detach()
             flipped = pred != cand[:, 0]
             # A NaN or inf iterate or logit ends the sample's attack, a failure.
-            broken = ~(finite_rows(logits.detach()) & finite_rows(xi.detach()))
+            broken = ~(finite_rows(logits.detach()) & finite_rows(xi))
             if broken.any():
                 failed[active[broken]] = True
                 flipped &= ~broken
-                xi = torch.where(norms.per_sample(broken, xi), x0, xi.detach())
+                xi = torch.where(norms.per_sample(broken, xi), x[active], xi)
             done_now = flipped | broken
             if trace and i > 0:
                 row = rows[-1].clone()
-                row[active] = xi.detach()
+                row[active] = xi
                 rows.append(row)
             bar.update(int(flipped.sum()))
             if i == max_iter or done_now.all():
@@ -176,17 +177,16 @@ def deepfool(
             )
             if done_now.any():
                 done = active[done_now]
-                x_adv[done], iterations[done] = xi.detach()[done_now], i
+                x_adv[done], iterations[done] = xi[done_now], i
                 keep = ~done_now
-                active, x0, r_tot, cand, wnorm, step = (t[keep] for t in (active, x0, r_tot, cand, wnorm, step))
-            r_tot = r_tot + step
-            xi = x0 + scale * r_tot
+                active, xi, cand, wnorm, step = (t[keep] for t in (active, xi, cand, wnorm, step))
+            # x_{i+1} = x + (1 + eta) sum(r_j), clipped, is x_i + (1 + eta) r_i: the
+            # sum restarts from the clipped point each time, so the next step starts
+            # from the point it was linearised at. Written in place into the fresh step.
+            xi = step.mul_(scale).add_(xi)
             if clip is not None:
-                xi = xi.clamp(*clip)
-                # Keep r_tot what the returned point says it is, so the next
-                # step starts from the point it was linearised at.
-                r_tot = (xi - x0) / scale
-        x_adv[active], iterations[active] = xi.detach(), i
+                xi.clamp_(*clip)
+        x_adv[active], iterations[active] = xi, i
     bar.close()
 
     with attacking(model):
@@ -223,8 +223,7 @@ def _step(
     else:
         guess = _distance(f.abs(), stale)
         cols = guess.topk(refresh, dim=1, largest=False).indices
-    w = _gradients(logits, xa, cand, cols)  # [J, A, ...]
-    wn = norms.norm(w.flatten(2), q, dim=2).T  # [A, J]
+    w, wn = _gradients(logits, xa, cand, cols, q)  # J x [A, ...], [A, J]
     fresh = stale.scatter(1, cols, wn)
     gap = f.gather(1, cols).abs()
     step = _face_step(w, gap, wn, xa, p=p, clip=clip, margin=margin, min_progress=min_progress)
@@ -240,11 +239,10 @@ def _step(
             m = int(need[some].sum(dim=1).max())
             more = est[some].topk(m, dim=1, largest=False).indices  # [S, m]
             xs = xa.detach()[some].requires_grad_(True)
-            w_more = _gradients(logits_of(model, xs), xs, cand[some], more)  # [m, S, ...]
-            wn_more = norms.norm(w_more.flatten(2), q, dim=2).T
+            w_more, wn_more = _gradients(logits_of(model, xs), xs, cand[some], more, q)  # m x [S, ...], [S, m]
             fresh[some] = fresh[some].scatter(1, more, wn_more)
             step[some] = _face_step(
-                torch.cat([w[:, some], w_more]), torch.cat([gap[some], f[some].gather(1, more).abs()], dim=1),
+                [g[some] for g in w] + w_more, torch.cat([gap[some], f[some].gather(1, more).abs()], dim=1),
                 torch.cat([wn[some], wn_more], dim=1), xs.detach(), p=p, clip=clip, margin=margin,
                 min_progress=min_progress,
             )
@@ -252,14 +250,14 @@ def _step(
 
 
 def _face_step(
-    w: Tensor, gap: Tensor, wn: Tensor, xa: Tensor, *, p: float, clip: Box, margin: float, min_progress: float
+    w: list[Tensor], gap: Tensor, wn: Tensor, xa: Tensor, *, p: float, clip: Box, margin: float, min_progress: float
 ) -> Tensor:
     """The step to the nearest of the linearised faces whose gradients ``w``
-    [J, A, ...] were computed (``gap`` [A, J] their ``|f'_k|``, ``wn`` their
-    ``||w'_k||_q``), from the iterate ``xa`` [A, ...]."""
+    (J tensors [A, ...]) were computed (``gap`` [A, J] their ``|f'_k|``, ``wn``
+    their ``||w'_k||_q``), from the iterate ``xa`` [A, ...]."""
     rows = torch.arange(xa.shape[0], device=xa.device)
     best, l = _distance(gap, wn).min(dim=1)  # [A]
-    w_l = w[l, rows]
+    w_l = _pick(w, l)
     u = norms.steepest(w_l, p)
     # A sample with no usable gradient (all candidates flat: w_l = u = 0) does not move.
     step = norms.per_sample(torch.where(torch.isfinite(best), best + margin, 0.0), xa) * u
@@ -267,9 +265,9 @@ def _face_step(
         # The clipped step gains <w', u> = ||w'||_q less what the pixels the box
         # blocks would have given.
         out = _outward(xa.detach(), clip)
-        slow = (_blocked(w_l, u, out) > (1 - min_progress) * wn[rows, l]).nonzero().squeeze(1)
+        slow = (_blocked(w_l, u, out, p) > (1 - min_progress) * wn[rows, l]).nonzero().squeeze(1)
         if len(slow):
-            step[slow] = _free_step(w[:, slow].transpose(0, 1), gap[slow], out[slow], p, margin, min_progress)
+            step[slow] = _free_step(torch.stack([g[slow] for g in w], dim=1), gap[slow], out[slow], p, margin, min_progress)
     return step
 
 
@@ -278,11 +276,25 @@ def _distance(gap: Tensor, norm: Tensor) -> Tensor:
     return torch.where(norm > 0, gap / norm, torch.full_like(norm, math.inf))
 
 
-def _gradients(logits: Tensor, xa: Tensor, cand: Tensor, cols: Tensor) -> Tensor:
-    """``grad(f_k - f_k0)`` [J, A, ...] for the candidates ``cols`` [A, J] (columns of
-    ``cand[:, 1:]``; ``k0 = cand[:, 0]``) of every sample: one backward pass each
-    through the graph of the forward pass (as fast as a vmap over the seeds,
-    measured, and it works with any model, in-place operations included)."""
+def _pick(w: list[Tensor], l: Tensor) -> Tensor:
+    """Row ``a`` of ``w[l[a]]``, for J gradients [A, ...]: copies one row per sample
+    (stacking the J gradients would copy all of them)."""
+    out = w[0].clone()
+    for j in range(1, len(w)):
+        at = (l == j).nonzero().squeeze(1)
+        if len(at):
+            out[at] = w[j][at]
+    return out
+
+
+def _gradients(logits: Tensor, xa: Tensor, cand: Tensor, cols: Tensor, q: float) -> tuple[list[Tensor], Tensor]:
+    """``grad(f_k - f_k0)``, J tensors [A, ...], for the candidates ``cols`` [A, J]
+    (columns of ``cand[:, 1:]``; ``k0 = cand[:, 0]``) of every sample, and their
+    ``||.||_q`` [A, J]: one backward pass each through the graph of the forward
+    pass (as fast as a vmap over the seeds, measured, and it works with any model,
+    in-place operations included). Each norm is taken as soon as its gradient
+    is computed, while it is still in the cache: measured on nine [500, 784]
+    gradients, it then costs next to nothing, against 3.6 ms after all nine."""
     a = xa.shape[0]
     rows = torch.arange(a, device=xa.device)
     classes = cand.gather(1, cols + 1)  # [A, J]
@@ -290,20 +302,29 @@ def _gradients(logits: Tensor, xa: Tensor, cand: Tensor, cols: Tensor) -> Tensor
     seeds = torch.zeros(jn, a, logits.shape[1], dtype=logits.dtype, device=logits.device)
     seeds[torch.arange(jn, device=xa.device)[:, None], rows, classes.T] = 1.0
     seeds[:, rows, cand[:, 0]] = -1.0
-    return torch.stack(
-        [torch.autograd.grad(logits, xa, grad_outputs=seeds[j], retain_graph=j < jn - 1)[0] for j in range(jn)]
-    ).detach()
+    w, wn = [], torch.empty(a, jn, dtype=logits.dtype, device=logits.device)
+    for j in range(jn):
+        w.append(torch.autograd.grad(logits, xa, grad_outputs=seeds[j], retain_graph=j < jn - 1)[0].detach())
+        wn[:, j] = norms.norm(w[j].flatten(1), q, dim=1)
+    return w, wn
 
 
-def _outward(x0: Tensor, clip: tuple[float, float]) -> Tensor:
-    """+1 on the pixels at the box's top, -1 at its bottom, 0 inside: the way they cannot move."""
-    return (x0 >= clip[1]).to(x0.dtype) - (x0 <= clip[0]).to(x0.dtype)
+def _outward(x: Tensor, clip: tuple[float, float]) -> Tensor:
+    """+1 on the pixels of ``x`` (inside the box) at the box's top, -1 at its
+    bottom, 0 inside: the way they cannot move. As ``sign(x - low) - sign(high - x)``,
+    exact (a difference of floats is 0 only where they are equal) and in
+    float arithmetic throughout, twice as fast as comparisons cast to floats."""
+    out = (x - clip[0]).sign_()
+    return out.sub_((clip[1] - x).sign_())
 
 
-def _blocked(w: Tensor, u: Tensor, outward: Tensor) -> Tensor:
+def _blocked(w: Tensor, u: Tensor, outward: Tensor, p: float) -> Tensor:
     """The part of ``<w, u>`` (``u`` a steepest direction of ``w``, so
     ``w_i u_i >= 0``) carried by the pixels that ``w`` pushes out of the box."""
-    return ((w * outward).clamp_min(0) * u.abs()).flatten(1).sum(1)
+    pushed = (w * outward).clamp_min_(0)
+    if p != math.inf:  # for L-inf |u| = 1 wherever w != 0
+        pushed.mul_(u.abs())
+    return pushed.flatten(1).sum(1)
 
 
 def _free_step(w: Tensor, gap: Tensor, outward: Tensor, p: float, margin: float, fraction: float) -> Tensor:
@@ -313,7 +334,9 @@ def _free_step(w: Tensor, gap: Tensor, outward: Tensor, p: float, margin: float,
 
     ``w`` [S, J, ...] the candidates' gradients, ``gap`` [S, J] their ``|f'_k|``,
     ``outward`` [S, ...] from :func:`_outward`."""
-    free = w.masked_fill(w * outward.unsqueeze(1) > 0, 0.0)
+    # w less its blocked entries, w_i where w_i * outward_i > 0 (exactly 0 there).
+    outward = outward.unsqueeze(1)
+    free = w - (w * outward).clamp_min_(0).mul_(outward)
     reach, l = _distance(gap, norms.norm(free.flatten(2), norms.dual(p), dim=2)).min(dim=1)
     w_l = free[torch.arange(len(l), device=w.device), l]
     step = norms.per_sample(fraction * (reach + margin), w_l) * norms.steepest(w_l, p)

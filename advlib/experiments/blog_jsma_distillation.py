@@ -106,7 +106,7 @@ def _images(networks: Mapping[float, nn.Module], test: data.Dataset, n_per_class
         if len(found) < n_per_class:
             raise ValueError(
                 f"n_per_class={n_per_class}: only {len(found)} test images of class {name!r} are classified "
-                f"correctly by every network; lower n_per_class"
+                "correctly by every network; lower n_per_class"
             )
         index.append(found[:n_per_class])
     return torch.cat(index)
@@ -371,7 +371,7 @@ def _claims(rows: list[dict], d: dict) -> dict[str, dict]:
     return {
         "jsma_success_falls": claim(
             "JSMA on the probabilities succeeds less often as T grows (never more often at a higher T), and "
-            f"at the largest T less than a tenth as often as at T = 1",
+            "at the largest T less than a tenth as often as at T = 1",
             falls and ratio < JSMA_SUCCESS_DROP,
             f"{by_t}; largest T / T = 1: {ratio:.3g}", success=success, temperatures=temps, ratio=ratio,
             non_increasing=falls, threshold=JSMA_SUCCESS_DROP),
@@ -555,7 +555,7 @@ def texts(results: dict[str, Any], paper: Mapping[str, Any]) -> dict[str, str]:
     }
     if results["settings"]["jsma_logits"]:
         out["jsma_logits_text"] = (
-            f"JSMA itself, with the saliency map computed on the logits instead of the probabilities, succeeds "
+            "JSMA itself, with the saliency map computed on the logits instead of the probabilities, succeeds "
             f"in {first['jsma_logits_success']:.1%} of its attacks at T = 1 and {last['jsma_logits_success']:.1%} "
             f"at T = {t_max} (on the probabilities: {first['jsma_success']:.1%} and {last['jsma_success']:.1%}).")
     else:
