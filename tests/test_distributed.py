@@ -233,3 +233,18 @@ def test_glue_texts_glues_every_text_without_display(monkeypatch):
     monkeypatch.setattr(myst_nb, "glue", lambda name, text, display=True: glued.append((name, text, display)))
     experiments.glue_texts({"a": "one", "b": "two"})
     assert glued == [("a", "one", False), ("b", "two", False)]
+
+
+def test_glue_figure_glues_the_figure_without_display_and_closes_it(monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import myst_nb
+
+    glued = []
+    monkeypatch.setattr(myst_nb, "glue", lambda name, obj, display=True: glued.append((name, obj, display)))
+    fig = plt.figure()
+    experiments.glue_figure("fig-a", fig)
+    assert glued == [("fig-a", fig, False)]
+    assert fig.number not in plt.get_fignums()

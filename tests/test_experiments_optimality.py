@@ -140,3 +140,15 @@ def test_config_and_datasets():
 def test_bad_arguments(kwargs, message):
     with pytest.raises((TypeError, ValueError), match=message):
         optimality.run(**kwargs)
+
+
+def test_the_figure_draws_every_attack_that_ran(result):
+    import matplotlib.pyplot as plt
+
+    from advlib.figures import optimality as figures
+
+    fig = figures.ratios(result)
+    for ax, key in zip(fig.axes, optimality.NORMS):
+        ran = [m for m in optimality.METHODS[key] if result["attacks"][key][m]["ran"]]
+        assert [t.get_text() for t in ax.get_yticklabels()] == [optimality.LABELS[m] for m in ran]
+    plt.close(fig)

@@ -133,3 +133,27 @@ def test_same_as_algorithm_2_compares_with_refresh_none(tiny):
     moved = full.clone()
     moved[0] = x[0]
     assert chapter.same_as_algorithm_2(model, x, y, moved, "deepfool_l2") == pytest.approx(5 / 6)
+
+
+def test_the_page_tables_texts_and_figure_come_from_the_results(result):
+    import matplotlib.pyplot as plt
+
+    from advlib.figures import peers as figures
+
+    table = chapter.table(result)
+    assert len(table) == 3 * 3  # attacks x libraries, every one a row, ran or not
+    assert table.loc[("LeNet (MNIST)", "JSMA", "Foolbox 3"), "note"] == result["rows"]["LeNet (MNIST)"][
+        "attacks"]["jsma"]["Foolbox 3"]["reason"]
+    ratios = chapter.ratio_table(result)
+    assert list(ratios.index) == list(result["ratios"])
+    for key, r in result["ratios"].items():
+        assert ratios.loc[key, "advlib speed / its"] == f"{r['speed']:.2f}"
+    texts = chapter.texts(result)
+    speeds = [r["speed"] for r in result["ratios"].values()]
+    assert texts["peers_speed_range"] == f"{min(speeds):.1f} to {max(speeds):.1f}"
+    fig = figures.speed(result)
+    ran = sum(r["ran"] for libs in result["rows"]["LeNet (MNIST)"]["attacks"].values() for r in libs.values())
+    assert len(fig.axes[0].patches) >= ran  # one bar per implementation that ran (NaN bars for the others)
+    plt.close(fig)
+    with pytest.raises(KeyError):
+        figures.speed(result, row="no such network")

@@ -134,3 +134,16 @@ def glue_texts(texts: Mapping[str, str]) -> None:
 
     for name, text in texts.items():
         glue(name, text, display=False)
+
+
+def glue_figure(name: str, fig: Any) -> None:
+    """Glue the matplotlib figure ``fig`` under ``name`` for the page's
+    ``{glue:figure}`` directive, and close it. The caption then sits in the
+    page's Markdown beside the directive, where a reader of the source finds it,
+    rather than in the front matter of a code cell; the cell that calls this is
+    removed from the page."""
+    import matplotlib.pyplot as plt
+    from myst_nb import glue
+
+    glue(name, fig, display=False)
+    plt.close(fig)

@@ -266,3 +266,74 @@ def claims(out: Mapping[str, Any]) -> dict[str, Any]:
             "cases": algorithm_2,
         },
     }
+
+
+# ------------------------------------------------------------ the page
+
+
+ATTACK_NAMES = {"deepfool_l2": "DeepFool L2", "deepfool_linf": "DeepFool L∞", "fgsm": "FGSM", "cw_l2": "C&W L2",
+                "jsma": "JSMA"}
+SIZE_NAMES = {"deepfool_l2": "median ‖r‖₂", "deepfool_linf": "median ‖r‖∞", "fgsm": "median ‖r‖∞",
+              "cw_l2": "median ‖r‖₂", "jsma": "median L0 (share)"}
+
+
+def table(results: Mapping[str, Any]):
+    """One row per network, attack and library: images per second, success,
+    median size, and a note of what the size is, on how many images and runs,
+    the share equal to ``refresh=None`` (advlib's DeepFool) and any blank
+    images returned; a library that did not run says why (a DataFrame)."""
+    import pandas as pd
+
+    rows = {}
+    for row, entry in results["rows"].items():
+        for attack, libs in entry["attacks"].items():
+            for lib, r in libs.items():
+                key = (row, ATTACK_NAMES[attack], lib)
+                if not r["ran"]:
+                    rows[key] = {"images/s": "-", "success": "-", "size": "-", "note": r["reason"]}
+                    continue
+                note = [SIZE_NAMES[attack], f"{r['n_images']} images, {r['runs']} run(s)"]
+                if "same_as_algorithm_2" in r:
+                    note.append(f"{100 * r['same_as_algorithm_2']:.0f}% as refresh=None")
+                if r.get("blank"):
+                    note.append(f"{r['blank']} blank image(s) returned")
+                rows[key] = {"images/s": f"{r['images_per_s']:.1f}", "success": f"{100 * r['success_rate']:.0f}%",
+                             "size": "-" if r["median_size"] is None else f"{r['median_size']:.4g}",
+                             "note": "; ".join(note)}
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index = pd.MultiIndex.from_tuples(frame.index, names=["network", "attack", "library"])
+    return frame
+
+
+def ratio_table(results: Mapping[str, Any]):
+    """Per network and attack: the fastest peer, advlib's speed and median size
+    over its, and the speed target with whether this run meets it (a DataFrame)."""
+    import pandas as pd
+
+    goals = results["targets"]
+
+    def target(key: str) -> str:
+        if key not in goals:
+            return "-"
+        g = goals[key]
+        return f"≥ {g['target']:g}× {g['against']}: {'met' if g['met'] else 'not met'}"
+
+    return pd.DataFrame({
+        key: {"fastest peer": r["fastest_peer"], "advlib speed / its": f"{r['speed']:.2f}",
+              "advlib median size / its": "-" if r["median_size"] is None else f"{r['median_size']:.3f}",
+              "speed target": target(key)}
+        for key, r in results["ratios"].items()
+    }).T
+
+
+def texts(results: Mapping[str, Any]) -> dict[str, str]:
+    """The pre-formatted numbers and verdicts the page's prose glues in."""
+    speeds = [r["speed"] for r in results["ratios"].values()]
+    claims = results["claims"]
+    return {
+        "peers_speed_range": f"{min(speeds):.1f} to {max(speeds):.1f}" if speeds else "no ratio (no peer ran)",
+        "peers_success_verdict": "at least the best peer's everywhere"
+        if claims["success_at_least_the_best_peer"]["holds"] else "below the best peer's somewhere (see the table)",
+        "peers_deepfool_verdict": "no larger than"
+        if claims["deepfool_no_larger_than_foolbox"]["holds"] else "larger in some case than",
+    }
