@@ -155,5 +155,5 @@ def test_the_page_tables_texts_and_figure_come_from_the_results(result):
     ran = sum(r["ran"] for libs in result["rows"]["LeNet (MNIST)"]["attacks"].values() for r in libs.values())
     assert len(fig.axes[0].patches) >= ran  # one bar per implementation that ran (NaN bars for the others)
     plt.close(fig)
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="no network 'no such network'.*LeNet"):
         figures.speed(result, row="no such network")

@@ -10,6 +10,8 @@ from ..experiments import _shared, peers
 
 def speed(results, row: str = peers.ROWS[0]):
     """Images per second of every implementation that ran, per attack, on the network ``row`` (log scale)."""
+    if row not in results["rows"]:
+        raise ValueError(f"no network {row!r} in these results: they have {', '.join(results['rows'])}")
     plt.rcParams.update(_shared.PLOT_STYLE)
     attacks = results["rows"][row]["attacks"]
     found = {(peers.ATTACK_NAMES[a], lib): r["images_per_s"]
