@@ -157,3 +157,36 @@ def test_the_page_tables_texts_and_figure_come_from_the_results(result):
     plt.close(fig)
     with pytest.raises(ValueError, match="no network 'no such network'.*LeNet"):
         figures.speed(result, row="no such network")
+
+
+def test_judge_says_which_returned_images_are_blank():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    x = torch.full((3, 4), 0.5)
+    x_adv = torch.stack([torch.zeros(4), torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.full((4,), 0.7)])
+    out = chapter.judge(model, x, torch.zeros(3, dtype=torch.long), x_adv, "cw_l2")
+    assert out["blank"] == 2 and out["blank_at"] == [0, 2]
+
+
+def _cw_case(peer_blank_at):
+    """advlib misses image 1 of 4; Foolbox 3 fools all four, blank where said."""
+    def lib(sizes, blank_at):
+        hits = [s is not None for s in sizes]
+        return {"ran": True, "success_rate": sum(hits) / len(hits), "sizes": sizes, "blank_at": blank_at}
+
+    return {"rows": {"net": {"attacks": {"cw_l2": {
+        "advlib": lib([0.5, None, 0.4, 0.6], []),
+        "Foolbox 3": lib([0.6, 9.0, 0.5, 0.7], peer_blank_at),
+    }}}}}
+
+
+def test_a_success_below_the_peer_says_whether_only_its_blank_images_explain_it():
+    claim = chapter.claims(_cw_case([1]))["success_at_least_the_best_peer"]
+    assert not claim["holds"] and claim["below_only_by_blank_images"] == ["net / cw_l2"]
+    case = claim["cases"]["net / cw_l2"]
+    assert case["peer"] == "Foolbox 3" and case["advlib_misses"] == [1] and case["peer_blank_there"] == [1]
+    words = chapter._success_verdict(claim)
+    assert "net / cw_l2: 75% against Foolbox 3's 100%" in words and "blank image" in words
+
+    claim = chapter.claims(_cw_case([3]))["success_at_least_the_best_peer"]  # the blank is elsewhere
+    assert not claim["holds"] and claim["below_only_by_blank_images"] == []
+    assert chapter._success_verdict(claim) == "below the best peer's on net / cw_l2 (see the table)"
