@@ -233,6 +233,11 @@ def targets(out: Mapping[str, Any]) -> dict[str, Any]:
     return found
 
 
+def _below(case: Mapping[str, Any]) -> bool:
+    """advlib's success rate below the best peer's, beyond the claim's 1 point of slack."""
+    return case["advlib"] < case["best_peer"] - 0.01
+
+
 def claims(out: Mapping[str, Any]) -> dict[str, Any]:
     """What the chapter states about quality, each verdict computed from the numbers."""
     success, deepfool, algorithm_2 = {}, {}, {}
@@ -260,12 +265,11 @@ def claims(out: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "success_at_least_the_best_peer": {
             "statement": "on every network and attack, advlib's success rate is at least the best peer's (1 point of slack)",
-            "holds": bool(success) and all(v["advlib"] >= v["best_peer"] - 0.01 for v in success.values()),
+            "holds": bool(success) and not any(_below(v) for v in success.values()),
             # Where it fails: whether every image advlib missed and the best peer fooled is one
             # the peer "fooled" with a blank image (Foolbox's C&W where its search found nothing).
             "below_only_by_blank_images": sorted(
-                k for k, v in success.items() if v["advlib"] < v["best_peer"] - 0.01
-                and v["advlib_misses"] and v["peer_blank_there"] == v["advlib_misses"]),
+                k for k, v in success.items() if _below(v) and v["advlib_misses"] and v["peer_blank_there"] == v["advlib_misses"]),
             "cases": success,
         },
         "deepfool_no_larger_than_foolbox": {
@@ -359,7 +363,7 @@ def _success_verdict(claim: Mapping[str, Any]) -> str:
     whether only the peer's blank images put it there."""
     if claim["holds"]:
         return "at least the best peer's everywhere"
-    below = [k for k, v in claim["cases"].items() if v["advlib"] < v["best_peer"] - 0.01]
+    below = [k for k, v in claim["cases"].items() if _below(v)]
     by_blank = set(claim["below_only_by_blank_images"])
     if set(below) == by_blank:
         cases = "; ".join(f"{k}: {100 * claim['cases'][k]['advlib']:.0f}% against {claim['cases'][k]['peer']}'s "
