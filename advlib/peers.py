@@ -202,3 +202,37 @@ def runner(library: str, attack: str) -> Runner:
     if attack not in SETTINGS:
         raise ValueError(f"unknown attack {attack!r}; attacks: {', '.join(SETTINGS)}")
     return LIBRARIES[library](attack)
+
+
+class Counted(nn.Module):
+    """``model``, counting the rows it passes: ``forward_rows``, the batch rows of
+    every call, and ``backward_rows``, those of every gradient that reaches its
+    output (one backward pass each, whatever it is taken with respect to).
+
+    An attack's work is almost all in these passes, so their number per image
+    compares libraries without a clock: the same on any machine, at any load.
+    Every library of the peers chapter gets the same wrapper. A gradient taken
+    under ``vmap`` (``is_grads_batched``) counts as one pass of its rows.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        # In the model's own mode: a library that restores the wrapper's mode after
+        # its attack would otherwise hand the model back in training mode.
+        self.train(model.training)
+        self.reset()
+
+    def reset(self) -> None:
+        self.forward_rows = 0
+        self.backward_rows = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.model(x)
+        self.forward_rows += x.shape[0]
+        if out.requires_grad:
+            out.register_hook(self._backward)
+        return out
+
+    def _backward(self, grad: Tensor) -> None:
+        self.backward_rows += grad.shape[0]

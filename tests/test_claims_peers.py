@@ -61,3 +61,16 @@ def test_deepfool_default_is_algorithm_2_on_99_percent(results):
         for attack in ("deepfool_l2", "deepfool_linf"):
             share = entry["attacks"][attack]["advlib"]["same_as_algorithm_2"]
             assert share >= 0.99, f"{row} / {attack}: {share:.3f} of the images as refresh=None"
+
+
+@pytest.mark.claims
+def test_the_work_ratios_follow_from_the_counted_passes(results):
+    for key, r in results["ratios"].items():
+        row, attack = key.split(" / ")
+        libs = results["rows"][row]["attacks"][attack]
+        assert r["work"] == pytest.approx(chapter.work(libs["advlib"], libs[r["fastest_peer"]]), rel=1e-12), key
+        for lib in libs.values():
+            if lib["ran"]:
+                assert lib["forward_per_image"] >= 1 and lib["backward_per_image"] >= 0, key
+    for key, t in results["targets"].items():
+        assert t["work"] == pytest.approx(results["ratios"][key]["work"], rel=1e-12) or t["against"] != results["ratios"][key]["fastest_peer"], key

@@ -21,7 +21,7 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def result(tiny):
     return chapter.run(
-        dataset="digits", n_images=8, repeats=2, attack_names=("deepfool_l2", "fgsm", "jsma"),
+        dataset="digits", n_images=8, repeats=2, attack_names=("deepfool_l2", "fgsm", "jsma", "cw_l2"),
         libraries=("advlib", "Foolbox 3", "torchattacks"), rows=("LeNet (MNIST)",),
         models={"LeNet (MNIST)": tiny},
     )
@@ -30,7 +30,7 @@ def result(tiny):
 def test_every_library_and_attack_has_a_row(result):
     row = result["rows"]["LeNet (MNIST)"]
     assert row["n_images"] == 8
-    assert set(row["attacks"]) == {"deepfool_l2", "fgsm", "jsma"}
+    assert set(row["attacks"]) == {"deepfool_l2", "fgsm", "jsma", "cw_l2"}
     for attack, libs in row["attacks"].items():
         assert set(libs) == {"advlib", "Foolbox 3", "torchattacks"}
     assert not row["attacks"]["jsma"]["Foolbox 3"]["ran"]  # Foolbox has no JSMA
@@ -72,19 +72,70 @@ def test_ratios_and_claims_follow_from_the_numbers(result):
 
 
 def test_targets_are_read_on_the_named_peer_or_the_fastest():
-    def lib(speed):
-        return {"ran": True, "images_per_s": speed}
+    def lib(speed, passes=10.0):
+        return {"ran": True, "images_per_s": speed, "forward_per_image": passes / 2, "backward_per_image": passes / 2,
+                "sizes": [1.0], "success_rate": 1.0}
 
     out = {"rows": {"net": {"attacks": {
-        "deepfool_l2": {"advlib": lib(90.0), "Foolbox 3": lib(10.0), "ART": lib(1.0)},
+        "deepfool_l2": {"advlib": lib(90.0), "Foolbox 3": lib(10.0, passes=80.0), "ART": lib(1.0)},
         "cw_l2": {"advlib": lib(5.0), "Foolbox 3": lib(1.0), "torchattacks": lib(2.0)},
         "jsma": {"advlib": lib(5.0), "ART": {"ran": False, "reason": "not installed"}},
         "fgsm": {"advlib": lib(5.0), "ART": lib(50.0)},
     }}}}
     got = chapter.targets(out)
     assert set(got) == {"net / deepfool_l2", "net / cw_l2"}  # no target for FGSM; no peer ran JSMA
-    assert got["net / deepfool_l2"] == {"against": "Foolbox 3", "target": 10.0, "ratio": 9.0, "met": False}
-    assert got["net / cw_l2"] == {"against": "torchattacks", "target": 3.0, "ratio": 2.5, "met": False}
+    assert got["net / deepfool_l2"] == {"against": "Foolbox 3", "target": 10.0, "ratio": 9.0, "met": False, "work": 8.0}
+    assert got["net / cw_l2"] == {"against": "torchattacks", "target": 3.0, "ratio": 2.5, "met": False, "work": 1.0}
+    assert chapter.ratio_table({"ratios": chapter.ratios(out), "targets": got}).loc["net / deepfool_l2", "speed target"] == (
+        "≥ 10× Foolbox 3: not met; above its work ratio 8.00")
+
+
+def test_cw_rows_say_what_abort_early_saves_and_costs(result):
+    libs = result["rows"]["LeNet (MNIST)"]["attacks"]["cw_l2"]
+    slow, s = libs["advlib"]["without_abort_early"], peers.SETTINGS["cw_l2"]
+    # Every image takes every Adam step of every run, one forward and one backward pass each, and the
+    # attack looks at the batch once before (its labels) and once after (the judge).
+    assert slow["backward_per_image"] == s["search_steps"] * s["max_iter"]
+    assert slow["forward_per_image"] == slow["backward_per_image"] + 2
+    assert libs["advlib"]["backward_per_image"] <= slow["backward_per_image"]
+    assert "without_abort_early" not in libs["Foolbox 3"]
+    r = result["ratios"]["LeNet (MNIST) / cw_l2"]
+    assert math.isclose(r["without_abort_early"]["work"], chapter.work(slow, libs[r["fastest_peer"]]))
+    assert "without abort_early" in chapter.ratio_table(result).loc["LeNet (MNIST) / cw_l2", "advlib median size / its"]
+
+
+def test_counted_counts_the_rows_of_every_pass_and_changes_nothing():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    counted = peers.Counted(model)
+    x = torch.rand(5, 1, 2, 2, requires_grad=True)
+    out = counted(x)
+    assert torch.equal(out, model(x))
+    for seed in torch.eye(3)[:2]:  # two backward passes through one forward pass
+        torch.autograd.grad(out, x, grad_outputs=seed.expand(5, 3), retain_graph=True)
+    counted(x[:2]).sum().backward()  # a loss of the output: one more pass, of 2 rows
+    with torch.no_grad():
+        counted(x[:3])  # no graph: forward only
+    assert (counted.forward_rows, counted.backward_rows) == (5 + 2 + 3, 5 + 5 + 2)
+    counted.reset()
+    assert (counted.forward_rows, counted.backward_rows) == (0, 0)
+    assert list(counted.parameters()) == list(model.parameters())
+    model.eval()
+    assert not peers.Counted(model).training  # in the model's mode: restoring the wrapper's keeps the model's
+
+
+def test_the_work_ratio_is_the_peers_passes_over_advlibs(result):
+    for key, r in result["ratios"].items():
+        row, attack = key.split(" / ")
+        libs = result["rows"][row]["attacks"][attack]
+        mine, theirs = libs["advlib"], libs[r["fastest_peer"]]
+        assert mine["forward_per_image"] >= 1  # every attack here looks at its images at least once
+        assert math.isclose(r["work"], (theirs["forward_per_image"] + theirs["backward_per_image"])
+                            / (mine["forward_per_image"] + mine["backward_per_image"]))
+    # Foolbox's DeepFool: a forward and a backward pass per candidate (9 here), at every step, for the
+    # whole batch; its last step takes one, which says the batch is done; two forward passes more,
+    # the labels before and the judge after.
+    fb = result["rows"]["LeNet (MNIST)"]["attacks"]["deepfool_l2"]["Foolbox 3"]
+    assert fb["forward_per_image"] % 9 == 3 and fb["backward_per_image"] == fb["forward_per_image"] - 2
 
 
 def test_a_missing_library_is_a_row_not_a_crash(tiny, monkeypatch):
@@ -141,7 +192,7 @@ def test_the_page_tables_texts_and_figure_come_from_the_results(result):
     from advlib.figures import peers as figures
 
     table = chapter.table(result)
-    assert len(table) == 3 * 3  # attacks x libraries, every one a row, ran or not
+    assert len(table) == 4 * 3  # attacks x libraries, every one a row, ran or not
     assert table.loc[("LeNet (MNIST)", "JSMA", "Foolbox 3"), "note"] == result["rows"]["LeNet (MNIST)"][
         "attacks"]["jsma"]["Foolbox 3"]["reason"]
     ratios = chapter.ratio_table(result)

@@ -73,8 +73,11 @@ def cw_l2(
     elementwise, so its state is kept per sample, and with ``abort_early``
     a sample leaves the run when its objective at Adam step ``j * k``
     (``k = max_iter // 10``, ``j >= 1``) is not 0.01% below the one at step
-    ``(j - 1) * k``: the authors' schedule, but per sample (the authors apply
-    it to the batch's summed objective).
+    ``(j - 1) * k``: the authors' schedule, but per sample (their code applies
+    it to the batch's summed objective, a sample's own at its default batch
+    size of 1; Foolbox 3 to the batch's). A sample's result thus does not depend
+    on the batch it is in; the peers chapter measures what the steps saved cost
+    in perturbation size.
 
     Args:
         model: classifier returning logits ``[N, C]`` (``[N, 1]`` for a binary
