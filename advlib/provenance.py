@@ -215,13 +215,18 @@ class Run:
         parameter the cell declares is recorded, and nothing else.
 
         A declared parameter missing from ``namespace`` is an error: the
-        record would otherwise claim a value the run never had."""
+        record would otherwise claim a value the run never had.
+
+        It also sets the notebook's tables to show every cell whole (pandas
+        cuts them at 50 characters by default, which on the book's pages cut
+        off what a data set stands in for and the notes of a table's rows)."""
         from .parameters import read_parameters, source_of
 
         declared = read_parameters(source if source is not None else source_of(notebook))
         missing = [name for name in declared if name not in namespace]
         if missing:
             raise NameError(f"{notebook}: parameter(s) {', '.join(missing)} declared in its parameters cell are not defined")
+        _show_whole_cells()
         return cls(notebook=notebook, parameters={name: namespace[name] for name in declared})
 
     def data(self, role: str, dataset: Any, stands_in_for: str | None = None) -> dict[str, Any]:
@@ -329,6 +334,15 @@ class Run:
             rows.append(("computed by", f"{by.get('command')} on {by.get('world_size')} process(es): "
                                         f"{', '.join(by.get('devices') or [])}; file {by.get('results_file')}"))
         return pd.DataFrame(rows, columns=["what", "value"]).set_index("what")
+
+
+def _show_whole_cells() -> None:
+    """Display every pandas table cell whole, in the notebook that calls it."""
+    try:
+        import pandas as pd
+    except ImportError:  # the library without the book's extras: no tables to show
+        return
+    pd.set_option("display.max_colwidth", None)
 
 
 def _short(value: Any, width: int = 80) -> str:

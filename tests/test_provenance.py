@@ -165,7 +165,14 @@ def test_of_notebook_records_exactly_the_parameters_cell(tmp_path):
         encoding="utf-8",
     )
     namespace = {"seed": 3, "preset": "quick", "results_json": "x.json", "unrelated": object()}
-    run = provenance.Run.of_notebook("nb", namespace, source=source)
+    import pandas as pd
+
+    with pd.option_context("display.max_colwidth", 50):
+        run = provenance.Run.of_notebook("nb", namespace, source=source)
+        # The notebook's tables show their cells whole: what a data set stands in for is not cut off.
+        assert pd.get_option("display.max_colwidth") is None
+        wide = pd.DataFrame({"value": ["fashion-mnist (test), n = 10000, stand-in for MNIST; source: " + "x" * 60]})
+        assert "stand-in for MNIST" in wide._repr_html_()
     assert run.parameters == {"seed": 3, "preset": "quick", "results_json": "x.json"}
     assert run.preset == "quick"
     del namespace["seed"]
