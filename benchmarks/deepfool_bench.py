@@ -39,15 +39,21 @@ def markdown(results: dict) -> str:
                 lines.append(f"| {row} | {attack} | {lib} | {r['images_per_s']:.1f} "
                              f"| {r['forward_per_image']:.1f} + {r['backward_per_image']:.1f} | {100 * r['success_rate']:.1f}% "
                              f"| {size} | {r['n_images']} | {same} |")
+                for name, v in r.get("variants", {}).items():  # untimed
+                    size = "-" if v["median_size"] is None else f"{v['median_size']:.4g}"
+                    lines.append(f"| {row} | {attack} | {lib} {name} | untimed "
+                                 f"| {v['forward_per_image']:.1f} + {v['backward_per_image']:.1f} "
+                                 f"| {100 * v['success_rate']:.1f}% | {size} | {r['n_images']} | |")
     lines += ["", "| network / attack | fastest peer | advlib speed / its | its passes / advlib's | advlib median size / its |",
               "| --- | --- | ---: | ---: | ---: |"]
     for key, r in results["ratios"].items():
         size = "-" if r["median_size"] is None else f"{r['median_size']:.4f}"
         work = f"{r['work']:.2f}"
-        if "without_abort_early" in r:  # C&W: advlib again without abort_early, untimed
-            w = r["without_abort_early"]
-            work += f" ({w['work']:.2f} without abort_early)"
-            size += " (-)" if w["median_size"] is None else f" ({w['median_size']:.4f} without abort_early)"
+        variants = r.get("variants", {})
+        if variants:  # C&W: advlib again with one option changed, untimed (chapter.CW_VARIANTS)
+            work += " (" + "; ".join(f"{v['work']:.2f} {name}" for name, v in variants.items()) + ")"
+            size += " (" + "; ".join(("-" if v["median_size"] is None else f"{v['median_size']:.4f}") + f" {name}"
+                                     for name, v in variants.items()) + ")"
         lines.append(f"| {key} | {r['fastest_peer']} | {r['speed']:.2f} | {work} | {size} |")
     targets = chapter.ratio_table(results)["speed target"]
     lines += [""] + [f"- {key}: {verdict}" for key, verdict in targets.items() if verdict != "-"]

@@ -176,6 +176,7 @@ def test_fgsm_min_eps_does_not_count_nan_samples_as_misclassified():
         (lambda m, x: ifgs(m, x, alpha=math.inf), ValueError, "alpha"),
         (lambda m, x: ifgs(m, x, stop_on_success="no"), TypeError, "stop_on_success"),
         (lambda m, x: cw_l2(m, x, abort_early=1), TypeError, "abort_early"),
+        (lambda m, x: cw_l2(m, x, warm_start="yes"), TypeError, "warm_start"),
         (lambda m, x: lbfgs(m, x, best_of=True), TypeError, "best_of"),
         (lambda m, x: jsma(m, x, target=torch.zeros(len(x), dtype=torch.long), space="softmax"), ValueError, "space"),
         (lambda m, x: attacks.batched(deepfool, m, x, size=0), ValueError, "size"),

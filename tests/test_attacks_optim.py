@@ -7,6 +7,7 @@ here on scikit-learn's 8x8 digits.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -20,6 +21,8 @@ from advlib.attacks.cw import cw_l2
 from advlib.attacks.jsma import _best_pair, forward_derivatives, jsma
 from advlib.attacks.lbfgs import lbfgs
 from advlib.attacks.penalty import PenaltySearch
+
+cw_warm = functools.partial(cw_l2, warm_start=True)
 
 
 # --- affine models whose minimal perturbation is known ---------------------
@@ -106,14 +109,14 @@ def _assert_near_exact(res, r_star: torch.Tensor, bar: float = 1.05) -> None:
     assert (ratio <= bar).all(), f"||r|| / ||r*|| up to {ratio.max().item():.4f} (> {bar})"
 
 
-@pytest.mark.parametrize("attack", [lbfgs, cw_l2], ids=["lbfgs", "cw_l2"])
+@pytest.mark.parametrize("attack", [lbfgs, cw_l2, cw_warm], ids=["lbfgs", "cw_l2", "cw_l2-warm_start"])
 def test_untargeted_minimum_on_orthogonal_affine_model(attack):
     m, x, r_star = _orthogonal_model()
     assert len(x) >= 10
     _assert_near_exact(attack(m, x), r_star)
 
 
-@pytest.mark.parametrize("attack", [lbfgs, cw_l2], ids=["lbfgs", "cw_l2"])
+@pytest.mark.parametrize("attack", [lbfgs, cw_l2, cw_warm], ids=["lbfgs", "cw_l2", "cw_l2-warm_start"])
 def test_targeted_minimum_on_affine_model(attack):
     # Target: the class of lowest logit, so that the minimum usually sits on
     # an edge of the target polyhedron (2-3 active constraints), not a face.
@@ -487,3 +490,43 @@ def test_lbfgs_and_cw_share_the_penalty_search():
 
     for module in (cw_module, lbfgs_module):
         assert "PenaltySearch(" in inspect.getsource(module), module.__name__
+
+
+class _Inputs(torch.nn.Module):
+    """The model, recording every batch it is given."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.seen = model, []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.model(x)
+
+
+def test_cw_warm_start_starts_each_run_where_the_last_stopped(small_net):
+    model, x = small_net
+    m = 20
+    runs = {}
+    for warm in (False, True):
+        spy = _Inputs(model)
+        res = cw_l2(spy, x, c_init=10.0, search_steps=2, max_iter=m, abort_early=False, warm_start=warm)
+        # One look at the labels, then m Adam steps per run for every sample (no abort), then the judge.
+        assert len(spy.seen) == 2 * m + 2
+        runs[warm] = spy.seen[1:m + 1], spy.seen[m + 1:2 * m + 1], res
+    (cold_1, cold_2, cold), (warm_1, warm_2, warm) = runs[False], runs[True]
+    # The first run is the same; the second starts at x without warm_start, and one Adam
+    # step from the first run's last iterate with it.
+    assert all(torch.equal(a, b) for a, b in zip(cold_1, warm_1))
+    assert torch.allclose(cold_2[0], cold_1[0]) and torch.allclose(cold_1[0], x, atol=1e-5)
+    step = (warm_2[0] - warm_1[-1]).norm(dim=1)
+    assert (step < 0.2 * (warm_1[-1] - x).norm(dim=1)).all()
+    assert (warm_1[-1] - x).norm(dim=1).min() > 0.05
+    _assert_consistent(model, x, warm, False)
+
+
+def test_cw_warm_start_with_one_run_is_the_default(small_net):
+    model, x = small_net
+    cold = cw_l2(model, x, search_steps=1, max_iter=50)
+    warm = cw_l2(model, x, search_steps=1, max_iter=50, warm_start=True)
+    assert torch.equal(cold.x_adv, warm.x_adv) and torch.equal(cold.iterations, warm.iterations)

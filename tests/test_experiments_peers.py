@@ -90,18 +90,24 @@ def test_targets_are_read_on_the_named_peer_or_the_fastest():
         "≥ 10× Foolbox 3: not met; above its work ratio 8.00")
 
 
-def test_cw_rows_say_what_abort_early_saves_and_costs(result):
+def test_cw_rows_say_what_abort_early_and_warm_start_change(result):
     libs = result["rows"]["LeNet (MNIST)"]["attacks"]["cw_l2"]
-    slow, s = libs["advlib"]["without_abort_early"], peers.SETTINGS["cw_l2"]
+    variants, s = libs["advlib"]["variants"], peers.SETTINGS["cw_l2"]
+    assert set(variants) == set(chapter.CW_VARIANTS)
+    slow = variants["without abort_early"]
     # Every image takes every Adam step of every run, one forward and one backward pass each, and the
     # attack looks at the batch once before (its labels) and once after (the judge).
     assert slow["backward_per_image"] == s["search_steps"] * s["max_iter"]
     assert slow["forward_per_image"] == slow["backward_per_image"] + 2
     assert libs["advlib"]["backward_per_image"] <= slow["backward_per_image"]
-    assert "without_abort_early" not in libs["Foolbox 3"]
+    assert variants["with warm_start"]["backward_per_image"] <= slow["backward_per_image"]
+    assert "variants" not in libs["Foolbox 3"]
     r = result["ratios"]["LeNet (MNIST) / cw_l2"]
-    assert math.isclose(r["without_abort_early"]["work"], chapter.work(slow, libs[r["fastest_peer"]]))
-    assert "without abort_early" in chapter.ratio_table(result).loc["LeNet (MNIST) / cw_l2", "advlib median size / its"]
+    for name, v in variants.items():
+        assert math.isclose(r["variants"][name]["work"], chapter.work(v, libs[r["fastest_peer"]]))
+        assert r["variants"][name]["success"] == v["success_rate"]
+        assert name in chapter.ratio_table(result).loc["LeNet (MNIST) / cw_l2", "advlib median size / its"]
+        assert name in chapter.table(result).loc[("LeNet (MNIST)", "C&W L2", "advlib"), "note"]
 
 
 def test_counted_counts_the_rows_of_every_pass_and_changes_nothing():

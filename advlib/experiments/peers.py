@@ -172,7 +172,7 @@ def run(
             results["advlib"]["same_as_algorithm_2"] = same_as_algorithm_2(model, x[:m], y[:m], last["advlib"], attack)
         if attack == "cw_l2" and "advlib" in runners:
             m = sizes["advlib"]
-            results["advlib"]["without_abort_early"] = without_abort_early(model, x[:m], y[:m])
+            results["advlib"]["variants"] = cw_variants(model, x[:m], y[:m])
         entry["attacks"][attack] = results
     out["ratios"] = ratios(out)
     out["targets"] = targets(out)
@@ -195,16 +195,25 @@ def same_as_algorithm_2(model, x, y, x_adv, attack: str) -> float:
     return ((x_adv - full).flatten(1).abs().amax(1) <= 1e-6).double().mean().item()
 
 
-def without_abort_early(model, x, y) -> dict[str, Any]:
-    """advlib's C&W L2 with ``abort_early=False``, untimed: its passes per image
-    and its results, judged as every library's are. advlib's default stops a
-    sample's run when that sample's objective stalls, Foolbox 3 (as the authors'
-    code) when the batch's summed objective does: this run says what the
-    passes saved cost in perturbation size."""
-    counted = peers.Counted(model)
-    res = attacks.cw_l2(counted, x, label=y, clip=peers.BOX, abort_early=False, **peers.SETTINGS["cw_l2"])
-    return {"forward_per_image": counted.forward_rows / len(x), "backward_per_image": counted.backward_rows / len(x),
-            **judge(model, x, y, res.x_adv, "cw_l2")}
+CW_VARIANTS = {"without abort_early": {"abort_early": False}, "with warm_start": {"warm_start": True}}
+"""advlib's C&W L2 run again with one option changed, with the peers' settings,
+untimed. advlib's default stops a sample's run when that sample's objective
+stalls, Foolbox 3 (as the authors' code) when the batch's summed objective
+does: without ``abort_early`` says what the passes saved cost in size.
+``warm_start`` starts each run of the search on ``c`` where the sample's last
+one stopped, not at ``x``: what fewer passes a change of the algorithm buys."""
+
+
+def cw_variants(model, x, y) -> dict[str, dict[str, Any]]:
+    """Each of :data:`CW_VARIANTS`: its passes per image and its results,
+    judged as every library's are."""
+    found = {}
+    for name, option in CW_VARIANTS.items():
+        counted = peers.Counted(model)
+        res = attacks.cw_l2(counted, x, label=y, clip=peers.BOX, **option, **peers.SETTINGS["cw_l2"])
+        found[name] = {"forward_per_image": counted.forward_rows / len(x),
+                       "backward_per_image": counted.backward_rows / len(x), **judge(model, x, y, res.x_adv, "cw_l2")}
+    return found
 
 
 def _common_medians(a: list, b: list) -> tuple[float | None, float | None]:
@@ -253,10 +262,11 @@ def ratios(out: Mapping[str, Any]) -> dict[str, Any]:
                 "median_size": _size_ratio(ran["advlib"], others[fastest]),
                 "success": {lib: r["success_rate"] for lib, r in ran.items()},
             }
-            if "without_abort_early" in ran["advlib"]:
-                slow = ran["advlib"]["without_abort_early"]
-                found[f"{row} / {attack}"]["without_abort_early"] = {
-                    "work": work(slow, others[fastest]), "median_size": _size_ratio(slow, others[fastest])}
+            variants = ran["advlib"].get("variants", {})
+            if variants:
+                found[f"{row} / {attack}"]["variants"] = {
+                    name: {"work": work(v, others[fastest]), "median_size": _size_ratio(v, others[fastest]),
+                           "success": v["success_rate"]} for name, v in variants.items()}
     return found
 
 
@@ -369,10 +379,10 @@ def table(results: Mapping[str, Any]):
                 note = [SIZE_NAMES[attack], f"{r['n_images']} images, {r['runs']} run(s)"]
                 if "same_as_algorithm_2" in r:
                     note.append(f"{100 * r['same_as_algorithm_2']:.0f}% as refresh=None")
-                if "without_abort_early" in r:
-                    w = r["without_abort_early"]
-                    note.append(f"without abort_early: {w['forward_per_image'] + w['backward_per_image']:.0f} passes/image, "
-                                f"size {'-' if w['median_size'] is None else format(w['median_size'], '.4g')}")
+                for name, v in r.get("variants", {}).items():
+                    note.append(f"{name}: {v['forward_per_image'] + v['backward_per_image']:.0f} passes/image, "
+                                f"{100 * v['success_rate']:.0f}% success, "
+                                f"size {'-' if v['median_size'] is None else format(v['median_size'], '.4g')}")
                 if r.get("blank"):
                     note.append(f"{r['blank']} blank image(s) returned")
                 rows[key] = {"images/s": f"{r['images_per_s']:.1f}",
@@ -408,10 +418,10 @@ def ratio_table(results: Mapping[str, Any]):
     rows = {}
     for key, r in results["ratios"].items():
         work_text, size_text = f"{r['work']:.2f}", size(r)
-        if "without_abort_early" in r:  # C&W: advlib's run without abort_early, beside the default's
-            w = r["without_abort_early"]
-            work_text += f" ({w['work']:.2f} without abort_early)"
-            size_text += f" ({size(w)} without abort_early)"
+        variants = r.get("variants", {})
+        if variants:  # C&W: advlib's runs with one option changed, beside the default's
+            work_text += " (" + "; ".join(f"{v['work']:.2f} {name}" for name, v in variants.items()) + ")"
+            size_text += " (" + "; ".join(f"{size(v)} {name}" for name, v in variants.items()) + ")"
         rows[key] = {"fastest peer": r["fastest_peer"], "advlib speed / its": f"{r['speed']:.2f}",
                      "its passes / advlib's": work_text, "advlib median size / its": size_text,
                      "speed target": target(key)}
