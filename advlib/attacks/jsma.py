@@ -198,9 +198,10 @@ def jsma(
     (about 30 of 784 on the book's networks), so an iteration costs
     ``O(batch * n * f)`` for ``f`` features on the first layer,
     ``O(batch * n^2)`` only when every feature is on it. Peak memory is ``O(batch * chunk * n)``: measured by
-    ``benchmarks/jsma_memory.py`` at 3x64x64 (n = 12288), batch 8: +35 MB for
-    the attack on a small convolutional network, +126 MB for the pair search
-    at its worst case (about 1.3 kB per feature and sample at every size).
+    ``benchmarks/jsma_memory.py`` at 3x64x64 (n = 12288), batch 8: +35 to +51 MB
+    (over runs) for the attack on a small convolutional network, +126 to +128 MB
+    for the pair search at its worst case (1.3 kB per feature and sample; see
+    benchmarks/README.md for the other sizes).
 
     ART's ``SaliencyMapMethod`` is a different, simpler rule: it takes the two
     features of largest ``grad_x Z_t`` (the target's logit, or whatever the
