@@ -156,8 +156,8 @@ def cw_l2(
         mid, half = (clip[0] + clip[1]) / 2, (clip[1] - clip[0]) / 2
         # atanh(+-1) is infinite: pixels on the box edge start at a finite w.
         w_start = torch.atanh((x.detach() - mid) / half * _SHRINK)
-    # Where each sample's next run starts: its previous run's last w with warm_start.
-    w_next = w_start if not warm_start else w_start.clone()
+    # Each sample's last w, where its next run starts with warm_start.
+    w_last = w_start.clone()
 
     with attacking(model):
         logits0, label_orig, label, target = begin(model, x, label=label, target=target)
@@ -202,7 +202,7 @@ def cw_l2(
             # distance's and the change of variables' are written out (the
             # same floating-point operations autograd would do).
             act = runners
-            w = w_next[act]
+            w = (w_last if warm_start else w_start)[act]
             m1 = torch.zeros_like(w)
             m2 = torch.zeros_like(w)
             xr, gr, cr = x[act], goal[act], c[act].to(dtype)
@@ -274,8 +274,7 @@ def cw_l2(
                     # (k = max_iter // 10), each compared with the previous one.
                     keep = objective <= prev * 0.9999
                     if not keep.all():
-                        if warm_start:
-                            w_next[act[~keep]] = w[~keep]
+                        w_last[act[~keep]] = w[~keep]
                         iterations[act[~keep]] += done
                         run_ok[act[~keep]] = ok_run[~keep]
                         if not keep.any():
@@ -287,8 +286,7 @@ def cw_l2(
             else:
                 iterations[act] += done
                 run_ok[act] = ok_run
-                if warm_start:
-                    w_next[act] = w
+                w_last[act] = w
 
             # The authors' binary search: success -> lower the upper bound;
             # failure -> raise the lower bound, x10 while no success is known.
